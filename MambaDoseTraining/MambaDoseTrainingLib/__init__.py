@@ -1,0 +1,1 @@
+"""MambaDoseTrainingLib: OpenKBP cache, slice datasets and the training loop (uses MambaDoseLib)."""
