@@ -15,7 +15,7 @@ DX_ORDER = ("D99", "D98", "D95", "D50", "D2", "D1")
 doses = hnp.arrays(
     np.float64,
     st.integers(1, 60),
-    elements=st.floats(0.0, 80.0, allow_nan=False, allow_infinity=False),
+    elements=st.floats(0.0, 80.0, allow_nan=False, allow_infinity=False, allow_subnormal=False),
 )
 voxel_volumes = st.floats(1.0, 200.0)
 
