@@ -1,0 +1,185 @@
+"""Slice-wise inference (MambaDoseLib.inference) with tiny models of known behaviour."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from MambaDoseLib import inference
+from MambaDoseLib.errors import MambaDoseError
+from MambaDoseLib.patient import Patient
+
+
+def _identity(x: np.ndarray) -> np.ndarray:
+    return x
+
+
+def _features(c: int = 3, shape=(6, 5, 7), seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0.0, 1.0, size=(c, *shape)).astype(np.float32)
+
+
+def _conv1x1(c: int, seed: int = 0) -> torch.nn.Module:
+    """A 1x1 conv: acts per pixel, so it commutes with every flip."""
+    torch.manual_seed(seed)
+    return torch.nn.Conv2d(c, 1, kernel_size=1)
+
+
+class _Difference(torch.nn.Module):
+    """Channel 0 minus channel 1: changes sign when the two channels are swapped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x[:, 0:1] - x[:, 1:2]) + self.dummy
+
+
+class _RowRamp(torch.nn.Module):
+    """Channel 0 plus a ramp along rows (axis I): NOT equivariant under an axis-0 flip."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ramp = torch.arange(x.shape[2], dtype=x.dtype).view(1, 1, -1, 1)
+        return x[:, 0:1] + ramp + self.dummy
+
+
+def test_predict_volume_matches_direct_model_on_each_slice():
+    f = _features()
+    model = _conv1x1(3)
+    got = inference.predict_volume(model, f, batch_size=4, device="cpu", denormalise=_identity)
+    assert got.shape == (6, 5, 7) and got.dtype == np.float32
+    with torch.no_grad():
+        x = torch.from_numpy(np.moveaxis(f, 3, 0).copy())  # (K, C, I, J)
+        ref = np.moveaxis(model(x)[:, 0].numpy(), 0, 2)
+    np.testing.assert_allclose(got, np.maximum(ref, 0.0), atol=1e-6)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 7, 100])
+def test_batching_gives_the_same_result(batch_size):
+    f = _features()
+    model = _conv1x1(3, seed=1)
+    one = inference.predict_volume(model, f, batch_size=f.shape[3], device="cpu", denormalise=_identity)
+    got = inference.predict_volume(model, f, batch_size=batch_size, device="cpu", denormalise=_identity)
+    np.testing.assert_allclose(got, one, atol=1e-6)
+
+
+def test_tta_with_flip_equivariant_model_equals_no_tta():
+    f = _features()
+    model = _conv1x1(3, seed=2)
+    plain = inference.predict_volume(model, f, device="cpu", denormalise=_identity)
+    for flips in (inference.LR_FLIPS, inference.FOUR_FLIPS):
+        tta = inference.predict_volume(
+            model, f, device="cpu", tta=True, tta_flips=flips, denormalise=_identity
+        )
+        np.testing.assert_allclose(tta, plain, atol=1e-6)
+
+
+def test_tta_flips_are_undone_and_ap_flip_is_optional():
+    f = _features(c=1)
+    model = _RowRamp()
+    plain = inference.predict_volume(model, f, device="cpu", denormalise=_identity)
+    lr = inference.predict_volume(model, f, device="cpu", tta=True, denormalise=_identity)
+    np.testing.assert_allclose(lr, plain, atol=1e-6)  # the ramp is constant along axis 1
+    four = inference.predict_volume(
+        model, f, device="cpu", tta=True, tta_flips=inference.FOUR_FLIPS, denormalise=_identity
+    )
+    # the ramp 0..5 along axis 0 averages with its flip to 2.5 everywhere
+    np.testing.assert_allclose(four, f[0] + 2.5, atol=1e-5)
+
+
+def test_tta_swaps_right_left_channels_under_lr_flip():
+    f = _features(c=2)
+    f[1] = 0.0
+    model = _Difference()
+    swapped = inference.predict_volume(
+        model, f, device="cpu", tta=True, swap_channels=[(0, 1)], denormalise=lambda x: x + 10.0
+    )
+    # identity branch: f0 - f1 = f0; flipped + swapped branch: f1 - f0 = -f0 -> mean 0
+    np.testing.assert_allclose(swapped, 10.0, atol=1e-6)
+    not_swapped = inference.predict_volume(model, f, device="cpu", tta=True, denormalise=lambda x: x + 10.0)
+    np.testing.assert_allclose(not_swapped, f[0] + 10.0, atol=1e-6)
+
+
+def test_lr_swap_pairs_from_channel_names():
+    channels = ["ct", "mask_RightParotid", "mask_LeftParotid", "psdm_LeftParotid", "psdm_RightParotid"]
+    assert inference.lr_swap_pairs(channels) == [(1, 2), (4, 3)]
+
+
+def test_progress_and_cancel():
+    f = _features()
+    seen: list[tuple[int, int]] = []
+    inference.predict_volume(
+        _conv1x1(3),
+        f,
+        batch_size=3,
+        device="cpu",
+        denormalise=_identity,
+        progress=lambda d, t: seen.append((d, t)),
+    )
+    assert seen == [(3, 7), (6, 7), (7, 7)]
+    calls = iter([False, True])
+    with pytest.raises(inference.PredictionCancelled, match="after 3 of 7"):
+        inference.predict_volume(
+            _conv1x1(3), f, batch_size=3, device="cpu", denormalise=_identity, cancel=lambda: next(calls)
+        )
+    assert issubclass(inference.PredictionCancelled, MambaDoseError)
+
+
+def test_model_left_in_eval_mode_and_negative_dose_clipped():
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 1, 1), torch.nn.BatchNorm2d(1))
+    model.train()
+    f = _features(c=2)
+    got = inference.predict_volume(model, f, device="cpu", denormalise=lambda x: x - 100.0)
+    assert not model.training
+    assert np.all(got == 0.0)
+
+
+def test_bad_inputs():
+    with pytest.raises(MambaDoseError):
+        inference.predict_volume(_conv1x1(3), np.zeros((3, 4, 4), np.float32), denormalise=_identity)
+    with pytest.raises(ValueError):
+        inference.predict_volume(
+            _conv1x1(3), _features(), tta=True, tta_flips=[(2,)], device="cpu", denormalise=_identity
+        )
+
+
+def test_resolve_device():
+    assert inference.resolve_device("cpu") == torch.device("cpu")
+    auto = inference.resolve_device("auto")
+    assert auto.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(MambaDoseError, match="no CUDA GPU"):
+            inference.resolve_device("cuda")
+    with pytest.raises(MambaDoseError, match="unknown device"):
+        inference.resolve_device("tpu")
+
+
+def _tiny_patient(shape=(8, 8, 4)) -> Patient:
+    ct = np.full(shape, 1024.0, np.float32)
+    mask = np.zeros(shape, bool)
+    mask[2:6, 2:6, :] = True
+    ptv = np.zeros(shape, bool)
+    ptv[3:5, 3:5, 1:3] = True
+    return Patient("pt_1", ct, (4.0, 4.0, 2.5), mask, {"PTV70": ptv})
+
+
+def test_predict_patient_is_zero_outside_the_possible_dose_mask():
+    features = pytest.importorskip("MambaDoseLib.features")
+    patient = _tiny_patient()
+    card = {"channels": ["ct", "ptv_map", "possible_dose_mask"]}
+    model = _conv1x1(3, seed=3)
+    with torch.no_grad():
+        model.bias.fill_(0.5)  # a positive dose everywhere
+    dose = inference.predict_patient(model, card, patient, device="cpu", batch_size=2)
+    assert dose.shape == patient.shape and dose.dtype == np.float32
+    assert np.all(dose[~patient.possible_dose_mask] == 0.0)
+    assert np.all(dose[patient.possible_dose_mask] > 0.0)
+    # equals predict_volume on the features, masked
+    f = features.build_features(patient, tuple(card["channels"]))
+    ref = inference.predict_volume(model, f, device="cpu")
+    np.testing.assert_allclose(dose[patient.possible_dose_mask], ref[patient.possible_dose_mask], atol=1e-6)
