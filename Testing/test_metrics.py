@@ -188,3 +188,22 @@ def test_isodose_dice_levels_and_highest_prescription():
     # 56: same sets -> 0.8
     assert list(got) == ["dice_50", "dice_80", "dice_95", "dice_100"]
     np.testing.assert_allclose(list(got.values()), [1.0, 1.0, 0.8, 0.8], atol=TOL)
+
+
+def test_evaluate_patient_combines_every_metric():
+    ref = np.zeros((4, 4, 2))
+    ref[1:3, 1:3, :] = 70.0
+    mask = ref > 0
+    pred = np.where(mask, 68.0, 0.0)
+    ev = metrics.evaluate_patient(
+        pred, ref, mask, {"PTV70": mask, "Larynx": np.zeros_like(mask)}, 10.0, "pt_7"
+    )
+    assert ev.patient_id == "pt_7" and ev.prescription_gy == 70.0
+    assert ev.dose_score == pytest.approx(2.0, abs=TOL)  # every mask voxel off by 2 Gy
+    assert ev.slice_dose_score == pytest.approx(2.0, abs=TOL)
+    assert ev.dvh_score == pytest.approx(2.0, abs=TOL)  # D_99, D_95, D_1 all 70 vs 68
+    # 68 Gy reaches 50, 80, 95 % of 70 Gy (35, 56, 66.5) but not 100 %
+    assert ev.isodose_dice["dice_50"] == 1.0 and ev.isodose_dice["dice_95"] == 1.0
+    assert ev.isodose_dice["dice_100"] == 0.0
+    assert set(ev.rois) == {"PTV70"}  # the empty Larynx is left out
+    assert ev.rois["PTV70"]["ref"]["V95"] == 100.0 and ev.rois["PTV70"]["pred"]["V95"] == 100.0

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -306,3 +307,67 @@ def isodose_dice_levels(
         f"dice_{round(f * 100):d}": isodose_dice(pred_gy, ref_gy, f * prescription_gy, mask)
         for f in fractions
     }
+
+
+# --------------------------------------------------------------------------- one patient, every metric
+
+
+@dataclass
+class PatientEvaluation:
+    """Every metric of one predicted dose against its reference (doses in Gy).
+
+    dose_score: OpenKBP 3D dose score. dvh_score: this patient's DVH score (mean over its pairs).
+    slice_dose_score: the paper's slice-averaged variant (possible-dose mask slices).
+    isodose_dice: ``dice_<percent>`` at those percents of ``prescription_gy`` (the patient's highest).
+    pred_dvh, ref_dvh: :func:`openkbp_dvh_metrics` of each dose (for :func:`dvh_score_pooled`).
+    rois: ROI name -> {"pred": roi_metrics, "ref": roi_metrics} for every non-empty contoured ROI.
+    """
+
+    patient_id: str
+    dose_score: float
+    dvh_score: float
+    slice_dose_score: float
+    prescription_gy: float
+    isodose_dice: dict[str, float]
+    pred_dvh: dict[tuple[str, str], float]
+    ref_dvh: dict[tuple[str, str], float]
+    rois: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+
+
+def evaluate_patient(
+    pred_gy: np.ndarray,
+    ref_gy: np.ndarray,
+    possible_dose_mask: np.ndarray,
+    structures: Mapping[str, np.ndarray],
+    voxel_volume_mm3: float,
+    patient_id: str = "",
+) -> PatientEvaluation:
+    """Score ``pred_gy`` against ``ref_gy`` (both (I, J, K) Gy) with every metric of this module.
+
+    possible_dose_mask: bool (I, J, K); structures: ROI name -> bool (I, J, K) (the reference
+    contours, used for both doses); voxel_volume_mm3: mm^3.
+    """
+    pred_dvh = openkbp_dvh_metrics(pred_gy, structures, voxel_volume_mm3)
+    ref_dvh = openkbp_dvh_metrics(ref_gy, structures, voxel_volume_mm3)
+    rx = highest_prescription_gy(structures)
+    rois: dict[str, dict[str, dict[str, float]]] = {}
+    for name in sorted(structures):
+        mask = structures[name]
+        if not np.any(mask):
+            continue
+        rx_roi = PRESCRIPTION_GY.get(name)
+        rois[name] = {
+            "ref": roi_metrics(ref_gy, mask, voxel_volume_mm3, rx_roi),
+            "pred": roi_metrics(pred_gy, mask, voxel_volume_mm3, rx_roi),
+        }
+    return PatientEvaluation(
+        patient_id=patient_id,
+        dose_score=dose_score(pred_gy, ref_gy, possible_dose_mask),
+        dvh_score=dvh_score(pred_dvh, ref_dvh),
+        slice_dose_score=slice_dose_score(pred_gy, ref_gy, possible_dose_mask),
+        prescription_gy=rx,
+        isodose_dice=isodose_dice_levels(pred_gy, ref_gy, rx, mask=possible_dose_mask),
+        pred_dvh=pred_dvh,
+        ref_dvh=ref_dvh,
+        rois=rois,
+    )
