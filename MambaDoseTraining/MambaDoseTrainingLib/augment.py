@@ -1,0 +1,174 @@
+"""Joint geometric augmentation of a batch of axial slices, on the device the batch lives on.
+
+Every input channel, the dose target and the loss weight (the possible-dose mask) get the *same*
+transform, so the network always sees a consistent patient:
+
+1. Flips (exact, ``torch.flip`` + ``torch.where`` per sample). Axis layout is OpenKBP's
+   ``(i, j)`` = (anterior->posterior, right->left), i.e. tensor dims ``(H, W)``. The left-right
+   flip (``W``) mirrors the patient, which is anatomically plausible; when ``swap_lr_channels`` is
+   on, the channels of paired left/right structures (``mask_LeftParotid`` <->
+   ``mask_RightParotid`` and their PSDMs) are swapped as well, so that the structure called
+   "Right" stays on the patient's right after the mirror. The anterior-posterior flip is off by
+   default (a patient lying face down is not in the data).
+2. One affine transform per sample (rotation about the slice centre, isotropic scale, shift),
+   applied with ``affine_grid`` + ``grid_sample`` in **one batched call** over all channels.
+   Interpolation is bilinear for every channel, the binary ones included, and nothing is
+   re-thresholded: a mask channel becomes a partial-volume fraction at its edge, and the loss
+   weight (the possible-dose mask) is used as a float weight in the loss. With an identity
+   transform all values come back exactly. Outside the image the border value is repeated
+   (``padding_mode="border"``): at the edge of a 128 x 128 slice that is air for the CT, 0 for
+   masks and dose, and a nearly right value for the distance maps.
+   Samples that draw no affine transform are not resampled at all.
+
+Conventions of the transform (pixel units, about the slice centre, ``x`` = column ``j``,
+``y`` = row ``i``): a point ``q = (x, y)`` of the input moves to ``scale * R(angle) @ q + shift``
+in the output, with ``R(a) = [[cos a, -sin a], [sin a, cos a]]``. Since rows run downwards, a
+positive angle turns the image clockwise on the screen.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class AugmentConfig:
+    """Probabilities and ranges of the augmentation (per sample).
+
+    flip_lr_p: probability of the left-right mirror (tensor dim W, OpenKBP axis 1).
+    flip_ap_p: probability of the anterior-posterior flip (tensor dim H, OpenKBP axis 0).
+    swap_lr_channels: swap paired Left/Right structure channels when mirroring left-right.
+    rotate_p, rotate_deg: probability of a rotation, angle uniform in [-rotate_deg, rotate_deg].
+    scale_p, scale_min, scale_max: probability of an isotropic scale, factor log-uniform in range.
+    shift_p, shift_frac: probability of a shift, each component uniform in
+        [-shift_frac, shift_frac] x the image size (pixels).
+    """
+
+    flip_lr_p: float = 0.5
+    flip_ap_p: float = 0.0
+    swap_lr_channels: bool = True
+    rotate_p: float = 0.3
+    rotate_deg: float = 10.0
+    scale_p: float = 0.3
+    scale_min: float = 0.9
+    scale_max: float = 1.1
+    shift_p: float = 0.3
+    shift_frac: float = 0.05
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def none(cls) -> AugmentConfig:
+        """No augmentation at all."""
+        return cls(flip_lr_p=0.0, flip_ap_p=0.0, rotate_p=0.0, scale_p=0.0, shift_p=0.0)
+
+
+def lr_swap_permutation(channels: tuple[str, ...] | list[str]) -> list[int] | None:
+    """Channel order that exchanges each ``...Right...`` channel with its ``...Left...`` twin.
+
+    Uses the same pairing as test-time augmentation (``inference.lr_swap_pairs``); None when no
+    pair exists.
+    """
+    from MambaDoseLib.inference import lr_swap_pairs
+
+    pairs = lr_swap_pairs(channels)
+    if not pairs:
+        return None
+    perm = list(range(len(channels)))
+    for i, j in pairs:
+        perm[i], perm[j] = j, i
+    return perm
+
+
+def affine_theta(
+    angle_rad: torch.Tensor,
+    scale: torch.Tensor,
+    shift_px: torch.Tensor,
+    height: int,
+    width: int,
+) -> torch.Tensor:
+    """``affine_grid`` matrices (B, 2, 3) for the forward transform ``q -> scale * R q + shift``.
+
+    angle_rad, scale: (B,); shift_px: (B, 2) as (x = column, y = row) pixels.
+    ``affine_grid`` maps each *output* position to the *input* position it samples, so the
+    matrix is the inverse transform, expressed in the normalised coordinates of
+    ``align_corners=False`` (u = D^-1 q with D = diag(W/2, H/2)).
+    """
+    cos, sin = torch.cos(angle_rad), torch.sin(angle_rad)
+    # inverse of s R is R^T / s
+    inv = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], -2)  # (B, 2, 2)
+    inv = inv / scale[:, None, None]
+    d = torch.tensor([width / 2.0, height / 2.0], dtype=inv.dtype, device=inv.device)
+    linear = inv * d[None, None, :] / d[None, :, None]  # D^-1 A^-1 D
+    offset = -(inv @ shift_px.unsqueeze(-1)).squeeze(-1) / d  # -D^-1 A^-1 t, (B, 2)
+    return torch.cat([linear, offset.unsqueeze(-1)], dim=-1)
+
+
+def apply_affine(stack: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Resample (B, C, H, W) with per-sample matrices (B, 2, 3): bilinear, border padding."""
+    grid = F.affine_grid(theta.to(stack.dtype), list(stack.shape), align_corners=False)
+    return F.grid_sample(stack, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _uniform(n: int, low: float, high: float, generator: torch.Generator, device) -> torch.Tensor:
+    return low + (high - low) * torch.rand(n, generator=generator, device=device)
+
+
+def _coin(n: int, p: float, generator: torch.Generator, device) -> torch.Tensor:
+    return torch.rand(n, generator=generator, device=device) < p
+
+
+def augment_batch(
+    inputs: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor,
+    config: AugmentConfig,
+    generator: torch.Generator,
+    channels: tuple[str, ...] | list[str] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Augment a batch jointly.
+
+    inputs: float (B, C, H, W); target: float (B, 1, H, W) dose on the [-1, 1] scale;
+    weight: float (B, 1, H, W) loss weight (the possible-dose mask).
+    generator: a ``torch.Generator`` on the batch's device (the only source of randomness).
+    channels: names of the C input channels (for the left/right channel swap); None = no swap.
+    Returns the three tensors transformed identically (same shapes and dtypes).
+    """
+    b, c, h, w = inputs.shape
+    device = inputs.device
+    stack = torch.cat([inputs, target, weight], dim=1)  # (B, C + 2, H, W)
+
+    flip_lr = _coin(b, config.flip_lr_p, generator, device)
+    flip_ap = _coin(b, config.flip_ap_p, generator, device)
+    if config.flip_lr_p > 0:
+        mirrored = stack.flip(-1)
+        perm = lr_swap_permutation(channels) if (channels and config.swap_lr_channels) else None
+        if perm is not None:
+            mirrored = mirrored[:, perm + [c, c + 1]]
+        stack = torch.where(flip_lr[:, None, None, None], mirrored, stack)
+    if config.flip_ap_p > 0:
+        stack = torch.where(flip_ap[:, None, None, None], stack.flip(-2), stack)
+
+    rotate = _coin(b, config.rotate_p, generator, device)
+    scale_on = _coin(b, config.scale_p, generator, device)
+    shift_on = _coin(b, config.shift_p, generator, device)
+    max_angle = math.radians(config.rotate_deg)
+    angle = torch.where(rotate, _uniform(b, -max_angle, max_angle, generator, device), 0.0)
+    log_s = _uniform(b, math.log(config.scale_min), math.log(config.scale_max), generator, device)
+    scale = torch.where(scale_on, torch.exp(log_s), 1.0)
+    size = torch.tensor([w, h], dtype=torch.float32, device=device)
+    shift = torch.rand(b, 2, generator=generator, device=device) * 2.0 - 1.0
+    shift = torch.where(shift_on[:, None], shift * config.shift_frac * size, 0.0)
+
+    chosen = torch.nonzero(rotate | scale_on | shift_on).squeeze(1)
+    if chosen.numel() > 0:
+        theta = affine_theta(angle[chosen], scale[chosen], shift[chosen], h, w)
+        moved = apply_affine(stack[chosen].float(), theta).to(stack.dtype)
+        stack = stack.index_copy(0, chosen, moved)
+
+    return stack[:, :c], stack[:, c : c + 1], stack[:, c + 1 :]

@@ -1,0 +1,148 @@
+"""``mambadose train``: train MambaUNetV2 on cached OpenKBP patients (resumable, time-limited).
+
+Multi-GPU: ``torchrun --nproc_per_node N -m MambaDoseLib.cli train ...`` (same options; the batch
+size is per GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+HELP = "train MambaUNetV2 on cached patients (resumable with --resume; --time-limit for capped commands)"
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+
+
+def _key_value(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        parsed: object = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = value
+    return key.strip(), parsed
+
+
+def _range(text: str) -> tuple[float, float]:
+    low, high = (float(v) for v in text.split(","))
+    return low, high
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    default_workers = max(1, min(16, os.cpu_count() or 1))
+    data = parser.add_argument_group("data")
+    data.add_argument("--train-cache", required=True, help="cache folder of the training patients")
+    data.add_argument("--val-cache", required=True, help="cache folder of the validation patients")
+    data.add_argument("--out", required=True, help="output folder (checkpoints, model, history, log)")
+    data.add_argument(
+        "--channels",
+        default="2d",
+        help="input channels: preset 2d | 2.5d (adds ct_prev/ct_next), or a comma list",
+    )
+    data.add_argument(
+        "--feature-cache",
+        default=None,
+        help="folder for built feature slices, reused by later commands on this machine",
+    )
+    data.add_argument(
+        "--workers",
+        type=int,
+        default=default_workers,
+        help=f"processes building features (default {default_workers})",
+    )
+    data.add_argument("--slices-per-epoch", type=int, default=None, help="cap samples per epoch")
+    data.add_argument("--max-train-patients", type=int, default=None, help="first N training patients")
+    data.add_argument("--max-val-patients", type=int, default=None, help="first N validation patients")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--mixer", choices=("mamba2", "attention", "none"), default="mamba2")
+    model.add_argument(
+        "--mixer-min-level",
+        type=int,
+        default=None,
+        help="first UNet level with a mixer (0 = full resolution)",
+    )
+    model.add_argument("--scan-directions", type=int, default=None, help="Mamba scan directions")
+    model.add_argument("--d-state", type=int, default=None, help="Mamba-2 state size")
+    model.add_argument(
+        "--model-channels", type=_int_list, default=None, help="UNet widths, e.g. 32,64,128,256"
+    )
+    model.add_argument("--backend", default=None, help="Mamba-2 scan backend (auto | torch | triton)")
+    model.add_argument(
+        "--model-option",
+        type=_key_value,
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="any other MambaUNetConfig field (JSON value)",
+    )
+
+    opt = parser.add_argument_group("optimisation")
+    opt.add_argument("--batch-size", type=int, default=32, help="slices per step (per GPU)")
+    opt.add_argument("--epochs", type=int, default=100)
+    opt.add_argument("--lr", type=float, default=1e-4)
+    opt.add_argument("--weight-decay", type=float, default=1e-2)
+    opt.add_argument("--warmup-epochs", type=int, default=5)
+    opt.add_argument(
+        "--patience", type=int, default=10, help="early stopping (epochs without a better score)"
+    )
+    opt.add_argument(
+        "--loss-beta",
+        type=float,
+        default=0.05,
+        help="SmoothL1 threshold on the [-1, 1] dose scale (0.05 = 2 Gy)",
+    )
+    opt.add_argument("--grad-clip", type=float, default=1.0)
+    opt.add_argument("--seed", type=int, default=0)
+
+    aug = parser.add_argument_group("augmentation")
+    aug.add_argument("--no-augment", action="store_true", help="no flips, no affine transforms")
+    aug.add_argument("--flip-lr-p", type=float, default=0.5)
+    aug.add_argument("--flip-ap-p", type=float, default=0.0)
+    aug.add_argument(
+        "--no-lr-swap",
+        action="store_true",
+        help="do not swap Left/Right structure channels on a left-right flip",
+    )
+    aug.add_argument("--rotate-p", type=float, default=0.3)
+    aug.add_argument("--rotate-deg", type=float, default=10.0)
+    aug.add_argument("--scale-p", type=float, default=0.3)
+    aug.add_argument("--scale-range", type=_range, default=(0.9, 1.1), metavar="LOW,HIGH")
+    aug.add_argument("--shift-p", type=float, default=0.3)
+    aug.add_argument("--shift-frac", type=float, default=0.05, help="max shift as a fraction of the size")
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    run.add_argument("--compile", action="store_true", help="torch.compile the model")
+    run.add_argument("--channels-last", action="store_true", help="channels_last memory format")
+    run.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under torchrun")
+    run.add_argument("--val-every", type=int, default=1, help="validate every N epochs")
+    run.add_argument("--val-batch-size", type=int, default=128)
+    run.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop cleanly after the last epoch that fits in SECONDS from the start",
+    )
+    run.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint_last.pt if present")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from MambaDoseTrainingLib.train import TrainConfig, run_training
+
+    if args.backend:
+        args.model_option = [*(args.model_option or []), ("backend", args.backend)]
+    config = TrainConfig.from_args(args)
+    summary = run_training(config)
+    print(json.dumps({k: v for k, v in summary.items() if k != "history"}, default=str))
+    return 0

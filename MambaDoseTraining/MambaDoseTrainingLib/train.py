@@ -1,0 +1,1064 @@
+"""Training loop of MambaUNetV2 on axial slices: resumable, time-limited, single or multi-GPU.
+
+Recipe: SmoothL1 inside the possible-dose mask on the [-1, 1] dose scale (``loss_beta`` chosen on
+purpose: 0.05 = 2 Gy), AdamW (no weight decay on norms, biases and parameters flagged
+``_no_weight_decay``), linear warm-up then cosine annealing to 0 (per step), bf16 autocast on
+CUDA, gradient clipping, validation by the benchmark's per-patient 3D dose score, best checkpoint
+and early stopping on it.
+
+Entry points: :func:`run_training` (a :class:`TrainConfig`; optionally in-memory patients) for the
+headless Slicer module and tests; the CLI is ``mambadose train`` (commands/train.py).
+
+Resumability: ``checkpoint_last.pt`` is written atomically after every epoch and holds everything
+needed to continue (weights, optimiser, scheduler, RNG states, epoch, best score, patience
+counter, history). The order of the samples and the augmentation of epoch ``e`` come from
+generators seeded by ``(seed, e, rank)``, so a resumed run repeats exactly what an uninterrupted
+run would do. ``time_limit_s`` stops after the last epoch that fits (epoch time estimated from the
+slowest recent epoch), so a command under a hard wall-clock limit never dies mid-write.
+
+Multi-GPU: start the same command with ``torchrun --nproc_per_node N``; every rank holds the
+training slices on its own GPU and takes a ``rank::N`` share of each epoch (batch size is per
+rank); rank 0 builds the features, validates, logs and writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from MambaDoseLib.errors import InputError
+from MambaDoseLib.patient import Patient
+
+from .augment import AugmentConfig, augment_batch
+from .dataset import SliceSet, balanced_epoch_indices, channels_for_preset, prepare_slice_set, shard_indices
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 1
+LAST = "checkpoint_last.pt"
+BEST = "checkpoint_best.pt"
+MODEL_BEST = "model_best.safetensors"
+HISTORY_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "val_dose_score",
+    "val_dvh_score",
+    "lr",
+    "slices_per_s",
+    "epoch_time_s",
+    "val_dvh_score_pooled",
+    "val_time_s",
+)
+
+
+def default_workers() -> int:
+    return max(1, min(16, os.cpu_count() or 1))
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; plain values only (JSON-able, stored in checkpoints).
+
+    Model: ``mixer``, ``mixer_min_level``, ``scan_directions``, ``d_state``, ``model_channels``
+    (UNet widths) and ``model_options`` (any other ``MambaUNetConfig`` field) go to
+    ``MambaUNetConfig``; None = the model's default.
+    Data: ``channels`` is a preset ("2d", "2.5d") or a comma-separated list of channel names.
+    ``slices_per_epoch`` caps an epoch; ``max_train_patients`` / ``max_val_patients`` take the
+    first patients only (quick runs).
+    Time: ``time_limit_s`` (wall seconds from the start of this call) stops cleanly between epochs.
+    """
+
+    train_cache: str = ""
+    val_cache: str = ""
+    out: str = "mambadose-train"
+    channels: str = "2d"
+    mixer: str = "mamba2"
+    mixer_min_level: int | None = None
+    scan_directions: int | None = None
+    d_state: int | None = None
+    model_channels: list[int] | None = None
+    model_options: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 32
+    epochs: int = 100
+    lr: float = 1e-4
+    weight_decay: float = 1e-2
+    warmup_epochs: int = 5
+    patience: int = 10
+    loss_beta: float = 0.05
+    grad_clip: float = 1.0
+    seed: int = 0
+    compile: bool = False
+    channels_last: bool = False
+    sync_bn: bool = False
+    slices_per_epoch: int | None = None
+    val_every: int = 1
+    val_batch_size: int = 128
+    max_train_patients: int | None = None
+    max_val_patients: int | None = None
+    device: str = "auto"
+    workers: int = field(default_factory=default_workers)
+    feature_cache: str | None = None
+    time_limit_s: float | None = None
+    resume: bool = False
+    progress: bool = True
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        if isinstance(values.get("augment"), dict):
+            values["augment"] = AugmentConfig(**values["augment"])
+        return cls(**values)
+
+    @classmethod
+    def from_args(cls, args: Any) -> TrainConfig:
+        """From the ``mambadose train`` namespace (see commands/train.py)."""
+        aug = (
+            AugmentConfig.none()
+            if args.no_augment
+            else AugmentConfig(
+                flip_lr_p=args.flip_lr_p,
+                flip_ap_p=args.flip_ap_p,
+                swap_lr_channels=not args.no_lr_swap,
+                rotate_p=args.rotate_p,
+                rotate_deg=args.rotate_deg,
+                scale_p=args.scale_p,
+                scale_min=args.scale_range[0],
+                scale_max=args.scale_range[1],
+                shift_p=args.shift_p,
+                shift_frac=args.shift_frac,
+            )
+        )
+        return cls(
+            train_cache=str(args.train_cache),
+            val_cache=str(args.val_cache),
+            out=str(args.out),
+            channels=args.channels,
+            mixer=args.mixer,
+            mixer_min_level=args.mixer_min_level,
+            scan_directions=args.scan_directions,
+            d_state=args.d_state,
+            model_channels=list(args.model_channels) if args.model_channels else None,
+            model_options=dict(args.model_option or {}),
+            batch_size=args.batch_size,
+            epochs=args.epochs,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            warmup_epochs=args.warmup_epochs,
+            patience=args.patience,
+            loss_beta=args.loss_beta,
+            grad_clip=args.grad_clip,
+            seed=args.seed,
+            compile=args.compile,
+            channels_last=args.channels_last,
+            sync_bn=args.sync_bn,
+            slices_per_epoch=args.slices_per_epoch,
+            val_every=args.val_every,
+            val_batch_size=args.val_batch_size,
+            max_train_patients=args.max_train_patients,
+            max_val_patients=args.max_val_patients,
+            device=args.device,
+            workers=args.workers,
+            feature_cache=str(args.feature_cache) if args.feature_cache else None,
+            time_limit_s=args.time_limit,
+            resume=args.resume,
+            progress=not args.no_progress,
+            augment=aug,
+        )
+
+    def check(self) -> None:
+        """Raise InputError for values no run can use."""
+        positive = {
+            "batch_size": self.batch_size,
+            "epochs": self.epochs,
+            "val_every": self.val_every,
+            "val_batch_size": self.val_batch_size,
+            "patience": self.patience,
+        }
+        for name, value in positive.items():
+            if value < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if self.lr <= 0 or self.loss_beta <= 0:
+            raise InputError(f"--lr and --loss-beta must be > 0, got {self.lr} and {self.loss_beta}")
+        if self.warmup_epochs < 0:
+            raise InputError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs}")
+        if self.slices_per_epoch is not None and self.slices_per_epoch < 1:
+            raise InputError(f"--slices-per-epoch must be >= 1, got {self.slices_per_epoch}")
+
+    def channel_names(self) -> tuple[str, ...]:
+        if "," in self.channels or self.channels not in ("2d", "2.5d"):
+            names = tuple(c.strip() for c in self.channels.split(",") if c.strip())
+            if not names:
+                raise InputError(f"--channels {self.channels!r}: no channel names")
+            return names
+        return channels_for_preset(self.channels)
+
+
+# --------------------------------------------------------------------------- small pieces
+
+
+def masked_smooth_l1(
+    pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, beta: float
+) -> torch.Tensor:
+    """SmoothL1 (Huber with threshold ``beta``) averaged over the mask, in float32.
+
+    pred, target: (B, 1, H, W) on the [-1, 1] dose scale (1 unit = 40 Gy, so beta 0.05 = 2 Gy);
+    weight: (B, 1, H, W) in [0, 1] (the possible-dose mask, fractional at augmented edges).
+    Returns ``sum(w * l) / sum(w)``, a scalar.
+    """
+    loss = F.smooth_l1_loss(pred.float(), target.float(), reduction="none", beta=beta)
+    w = weight.float()
+    return (loss * w).sum() / w.sum().clamp_min(1.0)
+
+
+def lr_factor(step: int, steps_per_epoch: int, warmup_epochs: int, epochs: int) -> float:
+    """Multiplier of the base lr at optimiser step ``step``: linear warm-up, then cosine to 0."""
+    warm = warmup_epochs * steps_per_epoch
+    total = max(1, epochs * steps_per_epoch)
+    if step < warm:
+        return (step + 1) / warm
+    progress = min(1.0, (step - warm) / max(1, total - warm))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: decay on weight matrices/kernels; none on norms, biases (ndim <= 1) and
+    parameters flagged ``_no_weight_decay`` (Mamba's A_log, D, dt_bias)."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or getattr(p, "_no_weight_decay", False) else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def rng_state() -> dict[str, Any]:
+    """RNG states of python / numpy / torch / CUDA as values ``torch.load(weights_only=True)`` reads."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    state = {
+        "python": [version, list(internal), gauss],
+        "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = state["cuda"]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0, stream: int = 0) -> int:
+    """Seed of one generator of one epoch on one rank (fixed, so resumes repeat exactly)."""
+    return (seed * 1_000_003 + epoch * 10_007 + rank * 101 + stream) % (2**63)
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def write_history_csv(history: list[dict], path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(HISTORY_COLUMNS), extrasaction="ignore")
+        writer.writeheader()
+        for row in history:
+            writer.writerow({k: row.get(k, "") for k in HISTORY_COLUMNS})
+    os.replace(tmp, path)
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    """curves.png: training loss (left) and validation scores (right) against epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], label="train loss")
+    ax_loss.set_yscale("log")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("masked SmoothL1 ([-1, 1] dose scale)")
+    val = [h for h in history if _finite(h.get("val_dose_score"))]
+    ax_score.plot([h["epoch"] for h in val], [h["val_dose_score"] for h in val], "o-", label="dose score")
+    ax_score.plot([h["epoch"] for h in val], [h["val_dvh_score"] for h in val], "s-", label="DVH score")
+    ax_score.set_xlabel("epoch")
+    ax_score.set_ylabel("validation score (Gy)")
+    for ax in (ax_loss, ax_score):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+# --------------------------------------------------------------------------- distributed
+
+
+@dataclass
+class Runtime:
+    """Where this process runs: device, rank, world size."""
+
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def setup_runtime(device_name: str) -> Runtime:
+    """Single process, or one rank of a torchrun job (WORLD_SIZE / RANK / LOCAL_RANK set)."""
+    from MambaDoseLib.inference import resolve_device
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Runtime(resolve_device(device_name))
+    import torch.distributed as dist
+
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device_name != "cpu" and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return Runtime(device, rank, world, local)
+
+
+def _barrier(rt: Runtime) -> None:
+    if rt.distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _broadcast_object(rt: Runtime, obj: Any) -> Any:
+    if not rt.distributed:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _broadcast_slice_set(rt: Runtime, data: SliceSet | None) -> SliceSet:
+    """Rank 0's slices copied to every rank's device (NCCL broadcast, no second build)."""
+    import torch.distributed as dist
+
+    meta = None
+    if rt.is_main:
+        meta = (data.patient_ids, data.channels, tuple(data.features.shape))
+    patient_ids, channels, shape = _broadcast_object(rt, meta)
+    if not rt.is_main:
+        n, c, h, w = shape
+        d = rt.device
+        data = SliceSet(
+            patient_ids,
+            channels,
+            torch.empty(shape, dtype=torch.float16, device=d),
+            torch.empty((n, h, w), dtype=torch.float16, device=d),
+            torch.empty((n, h, w), dtype=torch.bool, device=d),
+            torch.empty(n, dtype=torch.int64, device=d),
+            torch.empty(n, dtype=torch.int64, device=d),
+        )
+    for t in (data.features, data.dose, data.mask, data.patient_index, data.slice_index):
+        if t.dtype == torch.bool:
+            u = t.view(torch.uint8)
+            dist.broadcast(u, src=0)
+        else:
+            dist.broadcast(t, src=0)
+    return data
+
+
+# --------------------------------------------------------------------------- model
+
+
+def build_model_config(cfg: TrainConfig, in_channels: int):
+    """``MambaUNetConfig`` from the run config; a CLI option the model lacks is an InputError."""
+    from MambaDoseLib.model import MambaUNetConfig
+
+    known = {f.name for f in dataclasses.fields(MambaUNetConfig)}
+    kwargs: dict[str, Any] = {"in_channels": in_channels, "mixer": cfg.mixer}
+    optional = {
+        "mixer_min_level": cfg.mixer_min_level,
+        "scan_directions": cfg.scan_directions,
+        "d_state": cfg.d_state,
+        "channels": tuple(cfg.model_channels) if cfg.model_channels else None,
+    }
+    kwargs.update({k: v for k, v in optional.items() if v is not None})
+    kwargs.update(cfg.model_options)
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise InputError(
+            f"model option(s) {', '.join(unknown)} not in MambaUNetConfig "
+            f"(fields: {', '.join(sorted(known))})"
+        )
+    return MambaUNetConfig(**kwargs)
+
+
+def _model_config_dict(model_config) -> dict:
+    if hasattr(model_config, "to_dict"):
+        return model_config.to_dict()
+    return json.loads(json.dumps(asdict(model_config), default=list))
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@dataclass
+class ValReference:
+    """What scoring one validation patient needs (host arrays, no CT).
+
+    dose_gy: float32 (I, J, K) reference; possible_dose_mask: bool (I, J, K); structures: ROI ->
+    bool (I, J, K); ref_metrics: the reference's challenge DVH metrics (computed once).
+    """
+
+    patient_id: str
+    dose_gy: np.ndarray
+    possible_dose_mask: np.ndarray
+    structures: dict[str, np.ndarray]
+    voxel_volume_mm3: float
+    ref_metrics: dict
+    ref_ptv: dict[str, dict[str, float]]
+
+
+def make_val_reference(patient: Patient) -> ValReference:
+    from MambaDoseLib.metrics import openkbp_dvh_metrics
+    from MambaDoseLib.rois import PRESCRIPTION_GY
+
+    dose = np.asarray(patient.dose_gy, np.float32)
+    ref_ptv = {}
+    for roi, mask in patient.structures.items():
+        if roi in PRESCRIPTION_GY:
+            ref_ptv[roi] = _ptv_summary(dose, mask, patient.voxel_volume_mm3, PRESCRIPTION_GY[roi])
+    return ValReference(
+        patient.patient_id,
+        dose,
+        np.asarray(patient.possible_dose_mask, bool),
+        dict(patient.structures),
+        patient.voxel_volume_mm3,
+        openkbp_dvh_metrics(dose, patient.structures, patient.voxel_volume_mm3),
+        ref_ptv,
+    )
+
+
+def _ptv_summary(
+    dose: np.ndarray, mask: np.ndarray, voxel_volume_mm3: float, prescription_gy: float
+) -> dict[str, float]:
+    from MambaDoseLib.metrics import roi_metrics
+
+    m = roi_metrics(dose, mask, voxel_volume_mm3, prescription_gy)
+    return {"D95": float(m["D95"]), "HI": float(m["HI"]), "rx": float(prescription_gy)}
+
+
+def predict_rows(
+    model: torch.nn.Module, features: torch.Tensor, batch_size: int, device: torch.device, channels_last: bool
+) -> torch.Tensor:
+    """Model output for every row of ``features`` (N, C, H, W) -> float32 (N, H, W) normalised,
+    on the CPU. Same autocast choice as ``inference.predict_volume`` (bf16 on CUDA)."""
+    model.eval()
+    out = torch.empty(features.shape[0], *features.shape[2:], dtype=torch.float32)
+    with torch.inference_mode():
+        for start in range(0, features.shape[0], batch_size):
+            x = features[start : start + batch_size].to(device).float()
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                y = model(x)
+            out[start : start + x.shape[0]] = y.float()[:, 0].cpu()
+    return out
+
+
+def dose_volume_from_rows(pred_rows: np.ndarray, slice_index: np.ndarray, ref: ValReference) -> np.ndarray:
+    """Predicted dose (Gy) on the patient's grid: the rows (n, I, J) normalised at axial indices
+    ``slice_index``, denormalised and clipped at 0 as ``inference.predict_volume`` does, zero
+    outside the possible-dose mask (and on slices without possible-dose voxels)."""
+    from MambaDoseLib.features import denormalise_dose
+
+    dose = np.zeros(ref.dose_gy.shape, np.float32)
+    gy = np.maximum(np.asarray(denormalise_dose(pred_rows), np.float32), 0.0)
+    dose[..., slice_index] = np.moveaxis(gy, 0, -1)
+    dose[~ref.possible_dose_mask] = 0.0
+    return dose
+
+
+def validate(
+    model: torch.nn.Module,
+    data: SliceSet,
+    refs: Sequence[ValReference],
+    cfg: TrainConfig,
+    device: torch.device,
+) -> dict[str, float]:
+    """Per-patient 3D dose score and DVH scores of ``model`` on the validation set, then means."""
+    from MambaDoseLib.metrics import dose_score, dvh_score, dvh_score_pooled, openkbp_dvh_metrics
+
+    rows = predict_rows(model, data.features, cfg.val_batch_size, device, cfg.channels_last).numpy()
+    patient_index = data.patient_index.cpu().numpy()
+    slice_index = data.slice_index.cpu().numpy()
+    dose_scores, dvh_scores, pairs = [], [], []
+    ptv: dict[str, list[float]] = {"d95": [], "d95_ref": [], "hi": [], "hi_ref": []}
+    for number, ref in enumerate(refs):
+        sel = patient_index == number
+        dose = dose_volume_from_rows(rows[sel], slice_index[sel], ref)
+        dose_scores.append(dose_score(dose, ref.dose_gy, ref.possible_dose_mask))
+        pred_metrics = openkbp_dvh_metrics(dose, ref.structures, ref.voxel_volume_mm3)
+        dvh_scores.append(dvh_score(pred_metrics, ref.ref_metrics))
+        pairs.append((pred_metrics, ref.ref_metrics))
+        for roi, ref_summary in ref.ref_ptv.items():
+            s = _ptv_summary(dose, ref.structures[roi], ref.voxel_volume_mm3, ref_summary["rx"])
+            ptv["d95"].append(s["D95"])
+            ptv["d95_ref"].append(ref_summary["D95"])
+            ptv["hi"].append(s["HI"])
+            ptv["hi_ref"].append(ref_summary["HI"])
+    return {
+        "val_dose_score": float(np.mean(dose_scores)),
+        "val_dvh_score": _nanmean(dvh_scores),
+        "val_dvh_score_pooled": dvh_score_pooled(pairs),
+        "val_ptv_d95_gy": _nanmean(ptv["d95"]),
+        "val_ptv_d95_ref_gy": _nanmean(ptv["d95_ref"]),
+        "val_ptv_hi": _nanmean(ptv["hi"]),
+        "val_ptv_hi_ref": _nanmean(ptv["hi_ref"]),
+    }
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class TrainState:
+    """Progress that a checkpoint carries from one command to the next (plain values)."""
+
+    epoch: int = 0  # completed epochs
+    global_step: int = 0
+    best_score: float = math.inf
+    best_epoch: int = 0
+    epochs_since_best: int = 0
+    wall_s: float = 0.0  # training wall time summed over all commands
+    history: list[dict] = field(default_factory=list)
+    best_metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class RunData:
+    """The slices on this rank's device, and (rank 0) what validation needs."""
+
+    channels: tuple[str, ...]
+    train: SliceSet
+    val: SliceSet | None
+    val_refs: list[ValReference]
+    train_source: str
+    val_source: str
+
+
+def _select_ids(ids: list[str], limit: int | None) -> list[str]:
+    return ids[:limit] if limit else ids
+
+
+def load_run_data(
+    cfg: TrainConfig,
+    rt: Runtime,
+    train_patients: Sequence[Patient] | None,
+    val_patients: Sequence[Patient] | None,
+) -> RunData:
+    """Build or reuse the features of the training and validation patients on the device."""
+    channels = cfg.channel_names()
+    progress = cfg.progress and sys.stderr.isatty()
+    train = val = None
+    refs: list[ValReference] = []
+    if rt.is_main:
+        if train_patients is not None:
+            train_ids = _select_ids([p.patient_id for p in train_patients], cfg.max_train_patients)
+            train_src = cfg.train_cache or "train-patients"
+        else:
+            train_ids = _select_ids(_cached_ids(cfg.train_cache, "--train-cache"), cfg.max_train_patients)
+            train_src = str(Path(cfg.train_cache).resolve())
+        if val_patients is not None:
+            val_list = [p for p in val_patients][: cfg.max_val_patients or None]
+            val_src = cfg.val_cache or "val-patients"
+        else:
+            from .cache import load_all
+
+            val_ids = _select_ids(_cached_ids(cfg.val_cache, "--val-cache"), cfg.max_val_patients)
+            val_list = load_all(cfg.val_cache, val_ids)
+            val_src = str(Path(cfg.val_cache).resolve())
+        t0 = time.monotonic()
+        common = dict(
+            feature_cache=cfg.feature_cache, workers=cfg.workers, device=rt.device, progress=progress
+        )
+        train = prepare_slice_set(
+            train_ids,
+            channels,
+            cache_dir=None if train_patients is not None else cfg.train_cache,
+            patients=train_patients,
+            source_name=train_src,
+            **common,
+        )
+        val = prepare_slice_set(
+            [p.patient_id for p in val_list], channels, patients=val_list, source_name=val_src, **common
+        )
+        if not val_list:
+            raise InputError("no validation patients: validation picks the best model")
+        refs = [make_val_reference(p) for p in val_list]
+        del val_list
+        log.info(
+            "data: %d training slices of %d patients, %d validation slices of %d patients, "
+            "%d channels, on %s (%.1f s)",
+            len(train),
+            len(train.patient_ids),
+            len(val),
+            len(refs),
+            len(channels),
+            rt.device,
+            time.monotonic() - t0,
+        )
+    else:
+        train_src = val_src = ""
+    if rt.distributed:
+        train = _broadcast_slice_set(rt, train)
+        train_src, val_src = _broadcast_object(rt, (train_src, val_src))
+    return RunData(channels, train, val, refs, train_src, val_src)
+
+
+def _cached_ids(cache_dir: str, option: str) -> list[str]:
+    from .cache import list_cached
+
+    if not cache_dir:
+        raise InputError(f"{option} is required")
+    if not Path(cache_dir).is_dir():
+        raise InputError(f"{option} {cache_dir}: not a folder")
+    ids = list(list_cached(cache_dir))
+    if not ids:
+        raise InputError(f"{option} {cache_dir}: no cached patients (run mambadose preprocess first)")
+    return ids
+
+
+def epoch_plan(n_rows: int, n_patients: int, cfg: TrainConfig, world_size: int) -> tuple[int, int]:
+    """(rows drawn per epoch before sharding, optimiser steps per epoch on each rank)."""
+    per_patient = max(1, math.ceil(n_rows / max(1, n_patients)))
+    drawn = per_patient * n_patients
+    if cfg.slices_per_epoch:
+        drawn = min(drawn, cfg.slices_per_epoch)
+    per_rank = drawn // world_size
+    if per_rank < 1:
+        raise InputError(f"an epoch of {drawn} slices cannot be shared by {world_size} ranks")
+    return drawn, max(1, per_rank // cfg.batch_size)
+
+
+def run_training(
+    cfg: TrainConfig,
+    train_patients: Sequence[Patient] | None = None,
+    val_patients: Sequence[Patient] | None = None,
+) -> dict[str, Any]:
+    """Train (or continue, with ``cfg.resume``) and write the outputs into ``cfg.out``.
+
+    train_patients / val_patients: in-memory patients instead of the cache folders (tests,
+    Slicer). Returns a summary: status ("completed", "early_stopped", "time_limit"), epochs,
+    best epoch and validation scores.
+    """
+    t_start = time.monotonic()
+    cfg.check()
+    rt = setup_runtime(cfg.device)
+    out = Path(cfg.out)
+    handler = None
+    if rt.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(out / "train.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger().addHandler(handler)
+        if logging.getLogger().getEffectiveLevel() > logging.INFO:
+            logging.getLogger().setLevel(logging.INFO)
+    try:
+        return _train(cfg, rt, out, t_start, train_patients, val_patients)
+    finally:
+        if handler is not None:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+        if rt.distributed:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _load_checkpoint(cfg: TrainConfig, out: Path) -> dict | None:
+    last = out / LAST
+    if last.exists() and not cfg.resume:
+        raise InputError(f"{last} exists: pass --resume to continue that run, or choose another --out")
+    if not cfg.resume:
+        return None
+    if not last.exists():
+        log.info("--resume: no %s yet, starting a new run", last)
+        return None
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(f"{last}: checkpoint format {ckpt.get('format')} is not {CHECKPOINT_FORMAT}")
+    return ckpt
+
+
+def _train(
+    cfg: TrainConfig,
+    rt: Runtime,
+    out: Path,
+    t_start: float,
+    train_patients: Sequence[Patient] | None,
+    val_patients: Sequence[Patient] | None,
+) -> dict:
+    from MambaDoseLib.model import MambaUNetV2
+
+    ckpt = _load_checkpoint(cfg, out)
+    random.seed(cfg.seed + rt.rank)
+    np.random.seed((cfg.seed + rt.rank) % 2**32)
+    torch.manual_seed(cfg.seed + rt.rank)
+
+    data = load_run_data(cfg, rt, train_patients, val_patients)
+    device = rt.device
+    model_config = build_model_config(cfg, len(data.channels))
+    model_config_dict = _model_config_dict(model_config)
+    raw_model = MambaUNetV2(model_config)
+    if ckpt is not None:
+        if ckpt["model_config"] != model_config_dict:
+            raise InputError(
+                f"{out / LAST}: saved model config {ckpt['model_config']} differs from "
+                f"this command's {model_config_dict}"
+            )
+        raw_model.load_state_dict(ckpt["model"])
+    if cfg.sync_bn and rt.distributed:
+        raw_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(raw_model)
+    raw_model.to(device)
+    if cfg.channels_last:
+        raw_model.to(memory_format=torch.channels_last)
+    model: torch.nn.Module = raw_model
+    if rt.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(
+            raw_model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if cfg.compile:
+        model = torch.compile(model)
+
+    drawn, steps_per_epoch = epoch_plan(len(data.train), len(data.train.patient_ids), cfg, rt.world_size)
+    optimizer = torch.optim.AdamW(
+        parameter_groups(raw_model, cfg.weight_decay), lr=cfg.lr, fused=device.type == "cuda"
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, steps_per_epoch, cfg.warmup_epochs, cfg.epochs)
+    )
+    state = TrainState()
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        state = TrainState(**ckpt["state"])
+        set_rng_state(ckpt["rng"])
+        log.info(
+            "resumed from %s: %d epochs done, best dose score %.4f Gy at epoch %d",
+            out / LAST,
+            state.epoch,
+            state.best_score,
+            state.best_epoch,
+        )
+    n_params = sum(p.numel() for p in raw_model.parameters())
+    log.info(
+        "model: %s, %.2f M parameters; %d steps of %d slices per epoch on %d rank(s); %s",
+        cfg.mixer,
+        n_params / 1e6,
+        steps_per_epoch,
+        cfg.batch_size,
+        rt.world_size,
+        torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
+    )
+
+    status = "completed"
+    command_train_s = 0.0
+    epoch_times = [h["epoch_time_s"] for h in state.history[-3:]]
+    while state.epoch < cfg.epochs:
+        if rt.is_main and cfg.time_limit_s is not None and epoch_times:
+            elapsed = time.monotonic() - t_start
+            if elapsed + 1.1 * max(epoch_times[-(cfg.val_every + 1) :]) > cfg.time_limit_s:
+                status = "time_limit"
+        if state.epochs_since_best >= cfg.patience and state.best_epoch > 0:
+            status = "early_stopped"
+        status = _broadcast_object(rt, status)
+        if status != "completed":
+            break
+        t_epoch = time.monotonic()
+        epoch = state.epoch
+        loss, train_s = train_one_epoch(
+            model, data, cfg, rt, optimizer, scheduler, epoch, drawn, steps_per_epoch
+        )
+        if not math.isfinite(loss):
+            raise RuntimeError(f"training loss is {loss} at epoch {epoch + 1}; lower --lr or check data")
+        state.epoch = epoch + 1
+        state.global_step += steps_per_epoch
+        row: dict[str, Any] = {
+            "epoch": state.epoch,
+            "train_loss": loss,
+            "lr": optimizer.param_groups[0]["lr"],
+            "slices_per_s": steps_per_epoch * cfg.batch_size * rt.world_size / max(train_s, 1e-9),
+            "val_dose_score": math.nan,
+            "val_dvh_score": math.nan,
+        }
+        if rt.is_main:
+            if state.epoch % cfg.val_every == 0 or state.epoch == cfg.epochs:
+                t_val = time.monotonic()
+                metrics = validate(raw_model, data.val, data.val_refs, cfg, device)
+                row.update(metrics)
+                row["val_time_s"] = time.monotonic() - t_val
+                if metrics["val_dose_score"] < state.best_score:
+                    state.best_score = metrics["val_dose_score"]
+                    state.best_epoch = state.epoch
+                    state.best_metrics = {k: float(v) for k, v in metrics.items()}
+                    atomic_torch_save(
+                        {
+                            "format": CHECKPOINT_FORMAT,
+                            "model": raw_model.state_dict(),
+                            "model_config": model_config_dict,
+                            "epoch": state.epoch,
+                            "metrics": state.best_metrics,
+                            "config": cfg.to_dict(),
+                        },
+                        out / BEST,
+                    )
+            state.epochs_since_best = state.epoch - state.best_epoch if state.best_epoch else 0
+            epoch_s = time.monotonic() - t_epoch
+            command_train_s += epoch_s
+            row["epoch_time_s"] = epoch_s
+            state.history.append(row)
+            state.wall_s += epoch_s
+            _write_checkpoint(out, raw_model, optimizer, scheduler, state, cfg, model_config_dict)
+            write_history_csv(state.history, out / "history.csv")
+            plot_curves(state.history, out / "curves.png")
+            log.info(
+                "epoch %d/%d loss %.5f val dose %s DVH %s lr %.2e %.0f slices/s %.1f s",
+                state.epoch,
+                cfg.epochs,
+                loss,
+                _gy(row["val_dose_score"]),
+                _gy(row["val_dvh_score"]),
+                row["lr"],
+                row["slices_per_s"],
+                epoch_s,
+            )
+            epoch_times.append(time.monotonic() - t_epoch)
+        state = _broadcast_object(rt, state) if rt.distributed else state
+        _barrier(rt)
+
+    if rt.is_main:
+        if status == "time_limit":
+            log.info(
+                "stopped at time limit after epoch %d of %d (%.0f s), resume with --resume",
+                state.epoch,
+                cfg.epochs,
+                time.monotonic() - t_start,
+            )
+        elif status == "early_stopped":
+            log.info(
+                "early stop: no better validation dose score for %d epochs (best %.4f Gy at epoch %d)",
+                state.epochs_since_best,
+                state.best_score,
+                state.best_epoch,
+            )
+        if (out / BEST).exists():
+            export_best_model(out, data, cfg, state, status, rt, model_config)
+    return {
+        "status": status,
+        "epochs": state.epoch,
+        "best_epoch": state.best_epoch,
+        "best_val_dose_score": state.best_score,
+        "best_metrics": dict(state.best_metrics),
+        "steps_per_epoch": steps_per_epoch,
+        "history": list(state.history),
+    }
+
+
+def _gy(x: float) -> str:
+    return f"{x:.3f} Gy" if _finite(x) else "-"
+
+
+def train_one_epoch(
+    model: torch.nn.Module,
+    data: RunData,
+    cfg: TrainConfig,
+    rt: Runtime,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    epoch: int,
+    drawn: int,
+    steps_per_epoch: int,
+) -> tuple[float, float]:
+    """One epoch of optimiser steps; returns (mean loss over steps and ranks, train seconds)."""
+    from tqdm import tqdm
+
+    device = rt.device
+    train = data.train
+    model.train()
+    order_gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))
+    rows = balanced_epoch_indices(train.patient_index, len(train.patient_ids), order_gen)[:drawn]
+    rows = shard_indices(rows, rt.rank, rt.world_size).to(device)
+    aug_gen = torch.Generator(device=device).manual_seed(epoch_seed(cfg.seed, epoch, rt.rank, 1))
+    batch = min(cfg.batch_size, rows.numel())
+    use_amp = device.type == "cuda"
+    loss_sum = torch.zeros((), device=device)
+    bar = tqdm(
+        total=steps_per_epoch,
+        desc=f"epoch {epoch + 1}",
+        leave=False,
+        disable=not (cfg.progress and rt.is_main and sys.stderr.isatty()),
+    )
+    _sync(device)
+    t0 = time.monotonic()
+    for step in range(steps_per_epoch):
+        idx = rows[step * batch : (step + 1) * batch]
+        x = train.features[idx].float()  # (B, C, H, W)
+        y = train.dose[idx].float().unsqueeze(1)  # (B, 1, H, W)
+        w = train.mask[idx].float().unsqueeze(1)  # (B, 1, H, W)
+        x, y, w = augment_batch(x, y, w, cfg.augment, aug_gen, data.channels)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+            pred = model(x)
+        loss = masked_smooth_l1(pred, y, w, cfg.loss_beta)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        loss_sum += loss.detach()
+        bar.update(1)
+        if not bar.disable and step % 20 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    bar.close()
+    if rt.distributed:
+        import torch.distributed as dist
+
+        dist.all_reduce(loss_sum)
+        loss_sum /= rt.world_size
+    mean_loss = float(loss_sum.item()) / steps_per_epoch
+    _sync(device)
+    return mean_loss, time.monotonic() - t0
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _write_checkpoint(
+    out: Path,
+    model: torch.nn.Module,
+    optimizer,
+    scheduler,
+    state: TrainState,
+    cfg: TrainConfig,
+    model_config_dict: dict,
+) -> None:
+    atomic_torch_save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "model": model.state_dict(),
+            "model_config": model_config_dict,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "state": asdict(state),
+            "rng": rng_state(),
+            "config": cfg.to_dict(),
+        },
+        out / LAST,
+    )
+
+
+def export_best_model(
+    out: Path, data: RunData, cfg: TrainConfig, state: TrainState, status: str, rt: Runtime, model_config
+) -> Path:
+    """model_best.safetensors + its card (weights of checkpoint_best.pt)."""
+    from MambaDoseLib.model import MambaUNetV2
+    from MambaDoseLib.weights import save_model
+
+    best = torch.load(out / BEST, map_location="cpu", weights_only=True)
+    model = MambaUNetV2(model_config)
+    model.load_state_dict(best["model"])
+    device = rt.device
+    card = {
+        "config": _model_config_dict(model_config),
+        "channels": list(data.channels),
+        "normalisation": _normalisation_card(),
+        "training": {
+            "train_cache": data.train_source,
+            "val_cache": data.val_source,
+            "train_patients": len(data.train.patient_ids),
+            "val_patients": len(data.val_refs),
+            "train_slices": len(data.train),
+            "val_slices": len(data.val) if data.val is not None else 0,
+            "epochs_run": state.epoch,
+            "best_epoch": state.best_epoch,
+            "status": status,
+            "wall_time_s": round(state.wall_s, 1),
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "world_size": rt.world_size,
+            "validation": dict(state.best_metrics),
+            "config": cfg.to_dict(),
+        },
+    }
+    path = out / MODEL_BEST
+    save_model(path, model, card)
+    return path
+
+
+def _normalisation_card() -> dict:
+    from MambaDoseLib import features
+
+    if hasattr(features, "normalisation_card"):
+        return features.normalisation_card()
+    return {"ct": "offset CT clipped to [0, 2500] -> [-1, 1]", "dose": "Gy clipped to [0, 80] -> [-1, 1]"}
