@@ -1,0 +1,324 @@
+"""Mamba-2 layer (state-space duality, SSD) with a Triton and a pure-PyTorch scan, and a 2D wrapper.
+
+``Mamba2`` has the parameter names, shapes, initialisation and function of
+``mamba_ssm.modules.mamba2.Mamba2`` with ``ngroups=1`` (non-fused path, ``rmsnorm=True``,
+``norm_before_gate=False``), so a state_dict saved on one path loads strictly on the other.
+
+Symbols (the Mamba-2 paper's): ``b`` batch, ``l`` sequence length, ``h`` heads, ``p`` head
+dimension, ``n`` state size, ``Q`` chunk length, ``c`` number of chunks. Per head the scan is
+
+    state_t = exp(dt_t * A) * state_{t-1} + dt_t * x_t B_t^T        (p, n)
+    y_t     = state_t C_t + D * x_t                                  (p,)
+
+Backends: ``"triton"`` (mamba-ssm's SSD kernel, CUDA only), ``"torch"`` (chunked SSD below, any
+device, memory linear in ``l``), ``"auto"`` (triton where it can run, else torch). mamba-ssm is
+imported lazily, once; importing this module never needs it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import MambaDoseError
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "triton", "torch")
+SCAN_DIRECTIONS = (1, 2, 4)
+
+
+# --------------------------------------------------------------------------------------------
+# Backend discovery
+# --------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def _triton_chunk_scan() -> Callable | None:
+    """mamba-ssm's ``mamba_chunk_scan_combined``, or None when mamba-ssm does not import."""
+    try:
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+    except Exception as exc:  # ImportError, or a broken CUDA/Triton install
+        log.info("mamba-ssm Triton SSD not available (%s): using the PyTorch scan", exc)
+        return None
+    return mamba_chunk_scan_combined
+
+
+def triton_available() -> bool:
+    """True when mamba-ssm's Triton SSD kernel imports (it still needs CUDA tensors to run)."""
+    return _triton_chunk_scan() is not None
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """The scan that runs for ``backend`` on ``device``: ``"triton"`` or ``"torch"``."""
+    if backend == "torch":
+        return "torch"
+    usable = device.type == "cuda" and triton_available()
+    if backend == "triton":
+        if not usable:
+            raise MambaDoseError(
+                f"Mamba-2 backend 'triton' needs mamba-ssm and a CUDA tensor (device {device}, "
+                f"mamba-ssm importable: {triton_available()}); use backend='torch' or 'auto'"
+            )
+        return "triton"
+    if backend == "auto":
+        return "triton" if usable else "torch"
+    raise ValueError(f"unknown Mamba-2 backend {backend!r}; choose one of {BACKENDS}")
+
+
+# --------------------------------------------------------------------------------------------
+# Scans
+# --------------------------------------------------------------------------------------------
+def ssd_reference_recurrence(
+    x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, D: torch.Tensor
+) -> torch.Tensor:
+    """Plain step-by-step SSM recurrence (slow, for tests); computes in the inputs' dtype.
+
+    x (b, l, h, p); dt (b, l, h), already positive (after softplus); A (h,), negative;
+    B, C (b, l, n) (one group); D (h,). Returns y (b, l, h, p).
+    """
+    b, l, h, p = x.shape
+    n = B.shape[-1]
+    state = x.new_zeros(b, h, p, n)
+    ys = []
+    for t in range(l):
+        decay = torch.exp(dt[:, t] * A)  # (b, h)
+        inp = (dt[:, t, :, None] * x[:, t])[..., None] * B[:, t, None, None, :]  # (b, h, p, n)
+        state = state * decay[..., None, None] + inp
+        ys.append(torch.einsum("bhpn,bn->bhp", state, C[:, t]) + D[:, None] * x[:, t])
+    return torch.stack(ys, dim=1)
+
+
+def _segsum_exp(a: torch.Tensor) -> torch.Tensor:
+    """exp of segment sums: out[..., i, j] = exp(sum_{k=j+1..i} a[..., k]) for i >= j, else 0.
+
+    a (..., T). Built by a cumulative sum over a masked (T, T) copy, which stays exact for long
+    sequences (no difference of two large cumulative sums). Returns (..., T, T).
+    """
+    T = a.shape[-1]
+    strict = torch.ones(T, T, dtype=torch.bool, device=a.device).tril(-1)
+    seg = a[..., :, None].expand(*a.shape, T).masked_fill(~strict, 0.0).cumsum(dim=-2)  # [i, j]
+    return seg.masked_fill(
+        ~strict.logical_or(torch.eye(T, dtype=torch.bool, device=a.device)), -math.inf
+    ).exp()
+
+
+def ssd_chunked(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor,
+    chunk_size: int,
+) -> torch.Tensor:
+    """Chunked SSD scan in pure PyTorch ("SSD minimal"): exact, memory linear in the length.
+
+    Within each chunk of ``Q`` steps the output is a masked (Q, Q) quadratic form; chunk-end
+    states are passed between chunks by a small (c+1, c+1) decay matrix. The length is
+    zero-padded at the end to a multiple of ``Q`` (exact: the scan is causal) and cut back.
+
+    x (b, l, h, p); dt (b, l, h), positive (after softplus); A (h,); B, C (b, l, n); D (h,).
+    Computes in the inputs' dtype (call it in float32 or float64). Returns y (b, l, h, p).
+    """
+    b, l, h, p = x.shape
+    n = B.shape[-1]
+    Q = min(chunk_size, l)
+    pad = (-l) % Q
+    if pad:
+        x = F.pad(x, (0, 0, 0, 0, 0, pad))
+        dt = F.pad(dt, (0, 0, 0, pad))
+        B = F.pad(B, (0, 0, 0, pad))
+        C = F.pad(C, (0, 0, 0, pad))
+    c = (l + pad) // Q
+    x_dt = (x * dt[..., None]).view(b, c, Q, h, p).permute(0, 1, 3, 2, 4)  # (b, c, h, Q, p)
+    B = B.view(b, c, Q, n)
+    C = C.view(b, c, Q, n)
+    a_cum = (dt * A).view(b, c, Q, h).transpose(2, 3).cumsum(dim=-1)  # (b, c, h, Q)
+
+    # 1. intra-chunk (diagonal blocks): y_i = sum_{j<=i} (C_i . B_j) exp(a_i - a_j) dt_j x_j
+    causal = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()
+    decay_in = (
+        (a_cum[..., :, None] - a_cum[..., None, :]).masked_fill(~causal, -math.inf).exp()
+    )  # (b,c,h,Q,Q)
+    scores = (C @ B.transpose(-1, -2))[:, :, None] * decay_in  # (b, c, h, Q, Q)
+    y = scores @ x_dt  # (b, c, h, Q, p)
+
+    # 2. state at the end of each chunk from its own inputs
+    decay_to_end = (a_cum[..., -1:] - a_cum).exp()  # (b, c, h, Q)
+    states = (x_dt * decay_to_end[..., None]).transpose(-1, -2) @ B[:, :, None]  # (b, c, h, p, n)
+
+    # 3. pass states between chunks: entering[z] = sum_{k<z} exp(a_end[k+1..z-1]) states[k];
+    #    shifted by one chunk (a zero state in front) this is a (c, c) segment-sum product
+    a_end_prev = F.pad(a_cum[:, :-1, :, -1], (0, 0, 1, 0))  # (b, c, h): [0, a_end[0..c-2]]
+    states_prev = F.pad(states[:, :-1], (0, 0, 0, 0, 0, 0, 1, 0))  # (b, c, h, p, n)
+    decay_chunks = _segsum_exp(a_end_prev.transpose(1, 2))  # (b, h, c, c)
+    entering = torch.einsum("bhzk,bkhpn->bzhpn", decay_chunks, states_prev)  # (b, c, h, p, n)
+
+    # 4. contribution of the entering state to each position of the chunk
+    y = y + (C[:, :, None] @ entering.transpose(-1, -2)) * a_cum.exp()[..., None]  # (b, c, h, Q, p)
+
+    y = y.permute(0, 1, 3, 2, 4).reshape(b, c * Q, h, p)[:, :l]
+    return y + x[:, :l] * D[:, None]
+
+
+# --------------------------------------------------------------------------------------------
+# Layers
+# --------------------------------------------------------------------------------------------
+class GatedRMSNorm(nn.Module):
+    """RMSNorm of ``x * silu(z)`` (mamba-ssm's RMSNormGated, ``norm_before_gate=False``).
+
+    Normalises over groups of ``group_size`` channels (one group: the whole last dimension for
+    ``ngroups=1``); computes in float32 and returns ``z``'s dtype. Parameter: ``weight`` (d,).
+    """
+
+    def __init__(self, d: int, eps: float = 1e-5, group_size: int | None = None) -> None:
+        super().__init__()
+        self.eps = eps
+        self.group_size = d if group_size is None else group_size
+        if d % self.group_size:
+            raise ValueError(f"GatedRMSNorm: d={d} is not a multiple of group_size={self.group_size}")
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """x, z (..., d) -> (..., d)."""
+        shape = x.shape
+        y = x.float() * F.silu(z.float())
+        y = y.view(*shape[:-1], shape[-1] // self.group_size, self.group_size)
+        y = y * torch.rsqrt(y.square().mean(dim=-1, keepdim=True) + self.eps)
+        return (y.view(shape) * self.weight.float()).to(z.dtype)
+
+
+class Mamba2(nn.Module):
+    """Mamba-2 mixer: (batch, length, d_model) -> (batch, length, d_model).
+
+    Same parameters as ``mamba_ssm.modules.mamba2.Mamba2(ngroups=1)``: ``in_proj.weight``
+    (2*d_inner + 2*d_state + nheads, d_model), order [z, x, B, C, dt]; ``conv1d.weight``
+    (conv_dim, 1, d_conv) and ``conv1d.bias`` (conv_dim,), conv_dim = d_inner + 2*d_state;
+    ``dt_bias``, ``A_log``, ``D`` (nheads,); ``norm.weight`` (d_inner,); ``out_proj.weight``
+    (d_model, d_inner). d_inner = expand * d_model, nheads = d_inner / headdim.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 64,
+        d_conv: int = 4,
+        expand: int = 2,
+        headdim: int = 64,
+        chunk_size: int = 256,
+        backend: str = "auto",
+        *,
+        A_init_range: tuple[float, float] = (1.0, 16.0),
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+        bias: bool = False,
+        conv_bias: bool = True,
+    ) -> None:
+        super().__init__()
+        d_inner = expand * d_model
+        if d_inner % headdim:
+            raise ValueError(f"Mamba2: expand*d_model={d_inner} is not a multiple of headdim={headdim}")
+        if backend not in BACKENDS:
+            raise ValueError(f"Mamba2: unknown backend {backend!r}; choose one of {BACKENDS}")
+        if chunk_size < 1 or d_state < 1 or d_conv < 1:
+            raise ValueError("Mamba2: chunk_size, d_state and d_conv must be positive")
+        self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
+        self.d_inner, self.headdim, self.nheads = d_inner, headdim, d_inner // headdim
+        self.chunk_size, self.backend = chunk_size, backend
+        conv_dim = d_inner + 2 * d_state
+
+        self.in_proj = nn.Linear(d_model, 2 * d_inner + 2 * d_state + self.nheads, bias=bias)
+        self.conv1d = nn.Conv1d(
+            conv_dim, conv_dim, kernel_size=d_conv, groups=conv_dim, padding=d_conv - 1, bias=conv_bias
+        )
+        # dt sampled log-uniformly in [dt_min, dt_max], floored; dt_bias = softplus^-1(dt)
+        dt = torch.exp(torch.rand(self.nheads) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=dt_init_floor)
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
+        self.A_log = nn.Parameter(torch.empty(self.nheads).uniform_(*A_init_range).log())
+        self.D = nn.Parameter(torch.ones(self.nheads))
+        for param in (self.dt_bias, self.A_log, self.D):
+            param._no_weight_decay = True
+        self.norm = GatedRMSNorm(d_inner, eps=1e-5, group_size=d_inner)
+        self.out_proj = nn.Linear(d_inner, d_model, bias=bias)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        """u (batch, length, d_model) -> (batch, length, d_model)."""
+        return self.out_proj(self.mix(self.in_proj(u)))
+
+    def mix(self, zxbcdt: torch.Tensor) -> torch.Tensor:
+        """Everything between the two projections: conv, scan and gated norm.
+
+        zxbcdt (batch, length, 2*d_inner + 2*d_state + nheads) -> y (batch, length, d_inner).
+        Each position's projections are per token, so a caller may permute the sequence of
+        ``zxbcdt`` (scan directions) and undo the permutation on ``y``.
+        """
+        b, l, _ = zxbcdt.shape
+        z, xBC, dt = torch.split(zxbcdt, [self.d_inner, self.d_inner + 2 * self.d_state, self.nheads], dim=-1)
+        xBC = F.silu(self.conv1d(xBC.transpose(1, 2))[..., :l].transpose(1, 2))  # (b, l, conv_dim)
+        x, B, C = torch.split(xBC, [self.d_inner, self.d_state, self.d_state], dim=-1)
+        y = self.scan(x.reshape(b, l, self.nheads, self.headdim), dt, B, C)  # (b, l, h, p)
+        return self.norm(y.reshape(b, l, self.d_inner), z)
+
+    def scan(self, x: torch.Tensor, dt: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
+        """SSD scan with ``dt = softplus(dt + dt_bias)``, ``A = -exp(A_log)`` and skip ``D``.
+
+        x (b, l, h, p); dt (b, l, h) before the bias; B, C (b, l, n). Returns y (b, l, h, p)
+        (float32 from the torch backend, x's dtype from triton).
+        """
+        A = -torch.exp(self.A_log.float())  # (h,)
+        if resolve_backend(self.backend, x.device) == "triton":
+            kernel = _triton_chunk_scan()
+            return kernel(
+                x, dt, A, B.unsqueeze(2), C.unsqueeze(2), self.chunk_size,
+                D=self.D, z=None, dt_bias=self.dt_bias, dt_softplus=True,
+            )  # fmt: skip
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            dt = F.softplus(dt.float() + self.dt_bias.float())
+            return ssd_chunked(x.float(), dt, A, B.float(), C.float(), self.D.float(), self.chunk_size)
+
+
+class Mamba2D(nn.Module):
+    """Mamba-2 over an image's pixels in 1, 2 or 4 scan orders, averaged: (B, H, W, C) -> (B, H, W, C).
+
+    Orders: 1 = raster (row by row); 2 = raster and its reverse; 4 = those two plus the
+    column-by-column raster and its reverse. All orders go through the same ``Mamba2`` (its
+    parameters live under ``mamba.``) in one call, stacked along the batch. Since the in/out
+    projections act per token, they run once on the image order; only conv, scan and gated
+    norm see the permuted copies. The result equals the mean over orders of
+    ``unpermute(Mamba2(permute(x)))``.
+    """
+
+    def __init__(self, d_model: int, scan_directions: int = 1, **mamba_kwargs) -> None:
+        super().__init__()
+        if scan_directions not in SCAN_DIRECTIONS:
+            raise ValueError(f"scan_directions must be one of {SCAN_DIRECTIONS}, got {scan_directions}")
+        self.scan_directions = scan_directions
+        self.mamba = Mamba2(d_model, **mamba_kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, H, W, C) (any memory layout; a channels_last image permuted is free) -> (B, H, W, C)."""
+        n, h, w, c = x.shape
+        k = self.scan_directions
+        zxbcdt = self.mamba.in_proj(x.reshape(n, h * w, c))  # (B, HW, D), raster order
+        if k > 1:
+            seqs = [zxbcdt, zxbcdt.flip(1)]
+            if k == 4:
+                cols = zxbcdt.view(n, h, w, -1).transpose(1, 2).reshape(n, h * w, -1)  # column order
+                seqs += [cols, cols.flip(1)]
+            zxbcdt = torch.cat(seqs, dim=0)  # (k*B, HW, D)
+        y = self.mamba.mix(zxbcdt)  # (k*B, HW, d_inner)
+        if k > 1:
+            parts = y.chunk(k, dim=0)
+            y = parts[0] + parts[1].flip(1)
+            if k == 4:
+                cols = parts[2] + parts[3].flip(1)  # column order
+                y = y + cols.view(n, w, h, -1).transpose(1, 2).reshape(n, h * w, -1)
+            y = y * (1.0 / k)
+        return self.mamba.out_proj(y).view(n, h, w, c)

@@ -1,0 +1,335 @@
+"""MambaUNetV2: a 2D UNet whose lower-resolution stages carry a token mixer, and its baselines.
+
+One network, one config, three token mixers on the same code path:
+``"mamba2"`` (MambaUNetV2: Mamba-2 over the flattened H*W pixels), ``"attention"`` (global
+multi-head self-attention, the paper's Transformer baseline) and ``"none"`` (the plain UNet).
+
+Layout for ``channels=(32, 64, 128, 256)`` and a 128 x 128 slice (level i works at 128 / 2**i):
+
+    encoder level 0 (128^2, 32) -> level 1 (64^2, 64) -> level 2 (32^2, 128) -> bottleneck (16^2, 256)
+    decoder level 2 (32^2, 128) -> level 1 (64^2, 64) -> level 0 (128^2, 32) -> 1x1 conv -> dose
+
+A level is ``convs_per_level`` blocks Conv2d(3x3) -> BatchNorm -> ReLU; the last one is followed
+by token mixer -> LayerNorm -> residual where the level carries a mixer (level >=
+``mixer_min_level``). The bottleneck is ``bottleneck_depth`` such blocks, each with its mixer.
+Input (B, in_channels, H, W), H and W divisible by 2**(len(channels)-1); output (B, out_channels,
+H, W) in float32, dose on the normalised [-1, 1] scale.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .mamba2 import BACKENDS, SCAN_DIRECTIONS, Mamba2, Mamba2D
+
+MIXERS = ("mamba2", "attention", "none")
+DOWNSAMPLES = ("conv", "maxpool")
+SKIPS = ("concat", "add")
+
+
+@dataclass
+class MambaUNetConfig:
+    """Hyper-parameters of MambaUNetV2 and its baselines (plain JSON through to_dict/from_dict).
+
+    Defaults: the token mixer sits at 32x32 and below (level 2 of encoder and decoder, and the
+    bottleneck) with two scan directions; see the README's model section for the measurements.
+    """
+
+    in_channels: int
+    out_channels: int = 1
+    channels: tuple[int, ...] = (32, 64, 128, 256)
+    mixer: str = "mamba2"
+    mixer_min_level: int = (
+        2  # first level carrying a mixer; 0 = full resolution, len(channels)-1 = bottleneck only
+    )
+    d_state: int = 64
+    headdim: int = 32
+    expand: int = 2
+    d_conv: int = 4
+    chunk_size: int = 64
+    scan_directions: int = 2
+    downsample: str = "conv"
+    skip: str = "concat"
+    convs_per_level: int = 2
+    bottleneck_depth: int = 2
+    attention_heads: int = 4
+    backend: str = "auto"
+    grad_checkpoint: bool = False
+
+    def __post_init__(self) -> None:
+        self.channels = tuple(int(c) for c in self.channels)
+        self._check()
+
+    def _check(self) -> None:
+        def fail(msg: str) -> None:
+            raise ValueError(f"MambaUNetConfig: {msg}")
+
+        if self.in_channels < 1 or self.out_channels < 1:
+            fail(f"in_channels and out_channels must be >= 1 (got {self.in_channels}, {self.out_channels})")
+        if len(self.channels) < 2 or min(self.channels) < 1:
+            fail(f"channels needs >= 2 positive entries (levels + bottleneck), got {self.channels}")
+        for name, allowed in (
+            ("mixer", MIXERS),
+            ("downsample", DOWNSAMPLES),
+            ("skip", SKIPS),
+            ("backend", BACKENDS),
+        ):
+            if getattr(self, name) not in allowed:
+                fail(f"{name}={getattr(self, name)!r} is not one of {allowed}")
+        if self.scan_directions not in SCAN_DIRECTIONS:
+            fail(f"scan_directions={self.scan_directions} is not one of {SCAN_DIRECTIONS}")
+        if not 0 <= self.mixer_min_level <= self.levels:
+            fail(f"mixer_min_level={self.mixer_min_level} must lie in [0, {self.levels}]")
+        for name in (
+            "d_state",
+            "headdim",
+            "expand",
+            "d_conv",
+            "chunk_size",
+            "convs_per_level",
+            "bottleneck_depth",
+            "attention_heads",
+        ):
+            if getattr(self, name) < 1:
+                fail(f"{name} must be >= 1, got {getattr(self, name)}")
+        for c in self.mixer_channels:
+            if self.mixer == "mamba2" and (self.expand * c) % self.headdim:
+                fail(f"expand*channels={self.expand * c} is not a multiple of headdim={self.headdim}")
+            if self.mixer == "attention" and c % self.attention_heads:
+                fail(f"channels {c} is not a multiple of attention_heads={self.attention_heads}")
+
+    @property
+    def levels(self) -> int:
+        """Number of encoder (and decoder) levels; the bottleneck is level ``levels``."""
+        return len(self.channels) - 1
+
+    @property
+    def mixer_channels(self) -> tuple[int, ...]:
+        """Channel counts of the levels (and bottleneck) that carry a token mixer."""
+        if self.mixer == "none":
+            return ()
+        return self.channels[self.mixer_min_level :]
+
+    def has_mixer(self, level: int) -> bool:
+        """Whether encoder/decoder ``level`` (or the bottleneck, ``level == levels``) carries a mixer."""
+        return self.mixer != "none" and level >= self.mixer_min_level
+
+    def to_dict(self) -> dict:
+        """Plain JSON-ready dict (lists, not tuples)."""
+        d = asdict(self)
+        d["channels"] = list(self.channels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MambaUNetConfig:
+        """Inverse of to_dict; unknown keys are an error (ValueError)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"MambaUNetConfig: unknown keys {unknown}")
+        return cls(**d)
+
+
+# --------------------------------------------------------------------------------------------
+# Token mixers: (B, H, W, C) -> (B, H, W, C)
+# --------------------------------------------------------------------------------------------
+def sincos_position_2d(h: int, w: int, c: int, device: torch.device) -> torch.Tensor:
+    """Fixed 2D sine-cosine position code, (h*w, c) float32: c/2 channels per axis (c % 4 == 0)."""
+    quarter = c // 4
+    freq = 1.0 / (10000.0 ** (torch.arange(quarter, device=device, dtype=torch.float32) / max(quarter, 1)))
+    ys = torch.arange(h, device=device, dtype=torch.float32)[:, None] * freq  # (h, c/4)
+    xs = torch.arange(w, device=device, dtype=torch.float32)[:, None] * freq  # (w, c/4)
+    code_y = torch.cat([ys.sin(), ys.cos()], dim=-1)[:, None, :].expand(h, w, 2 * quarter)
+    code_x = torch.cat([xs.sin(), xs.cos()], dim=-1)[None, :, :].expand(h, w, 2 * quarter)
+    code = torch.cat([code_y, code_x], dim=-1).reshape(h * w, 4 * quarter)
+    return F.pad(code, (0, c - 4 * quarter))
+
+
+class SelfAttention2D(nn.Module):
+    """Global multi-head self-attention over all pixels (scaled_dot_product_attention).
+
+    A fixed 2D sine-cosine position code is added to the tokens before the q/k/v projection.
+    (B, H, W, C) -> (B, H, W, C).
+    """
+
+    def __init__(self, d_model: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, H, W, C) -> (B, H, W, C)."""
+        n, h, w, c = x.shape
+        tokens = x.reshape(n, h * w, c) + sincos_position_2d(h, w, c, x.device).to(x.dtype)
+        qkv = self.qkv(tokens).view(n, h * w, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (B, heads, HW, C/heads)
+        return self.proj(y.transpose(1, 2).reshape(n, h * w, c)).view(n, h, w, c)
+
+
+class MixerResidual(nn.Module):
+    """x + LayerNorm(mixer(x)) on a (B, C, H, W) feature map; the mixer sees (B, H, W, C).
+
+    With ``checkpoint=True`` the mixer and norm are recomputed in backward while training.
+    """
+
+    def __init__(self, channels: int, cfg: MambaUNetConfig) -> None:
+        super().__init__()
+        if cfg.mixer == "mamba2":
+            self.mixer: nn.Module = Mamba2D(
+                channels, cfg.scan_directions, d_state=cfg.d_state, d_conv=cfg.d_conv, expand=cfg.expand,
+                headdim=cfg.headdim, chunk_size=cfg.chunk_size, backend=cfg.backend,
+            )  # fmt: skip
+        else:
+            self.mixer = SelfAttention2D(channels, cfg.attention_heads)
+        self.norm = nn.LayerNorm(channels)
+        self.checkpoint = cfg.grad_checkpoint
+
+    def _branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.mixer(x.permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, C, H, W) -> (B, C, H, W)."""
+        if self.checkpoint and self.training and torch.is_grad_enabled():
+            return x + checkpoint(self._branch, x, use_reentrant=False)
+        return x + self._branch(x)
+
+
+# --------------------------------------------------------------------------------------------
+# UNet parts
+# --------------------------------------------------------------------------------------------
+class ConvBlock(nn.Sequential):
+    """Conv2d(3x3, no bias) -> BatchNorm -> ReLU; (B, c_in, H, W) -> (B, c_out, H, W)."""
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__(
+            nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)
+        )
+
+
+def make_stage(
+    c_in: int, c_out: int, n_blocks: int, cfg: MambaUNetConfig, mixer: bool, mixer_every: bool
+) -> nn.Sequential:
+    """``n_blocks`` ConvBlocks; a MixerResidual after the last (or after each if ``mixer_every``)."""
+    layers: list[nn.Module] = []
+    for i in range(n_blocks):
+        layers.append(ConvBlock(c_in if i == 0 else c_out, c_out))
+        if mixer and (mixer_every or i == n_blocks - 1):
+            layers.append(MixerResidual(c_out, cfg))
+    return nn.Sequential(*layers)
+
+
+class Upsample(nn.Module):
+    """Bilinear x2 upsampling followed by ConvBlock(c_in -> c_out)."""
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        self.conv = ConvBlock(c_in, c_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, c_in, H, W) -> (B, c_out, 2H, 2W)."""
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False))
+
+
+class MambaUNetV2(nn.Module):
+    """UNet with token mixers at the levels ``config`` selects: (B, C_in, H, W) -> (B, C_out, H, W).
+
+    Skips: ``"concat"`` feeds [upsampled, skip] (2c channels) to the level's first conv;
+    ``"add"`` sums them (equal channels, since the upsampling conv maps to the level's width).
+    """
+
+    def __init__(self, config: MambaUNetConfig) -> None:
+        super().__init__()
+        self.config = cfg = config
+        ch, n = cfg.channels, cfg.levels
+        self.encoder = nn.ModuleList()
+        self.down = nn.ModuleList()
+        c_prev = cfg.in_channels
+        for i in range(n):
+            self.encoder.append(make_stage(c_prev, ch[i], cfg.convs_per_level, cfg, cfg.has_mixer(i), False))
+            if cfg.downsample == "conv":
+                self.down.append(nn.Conv2d(ch[i], ch[i], 3, stride=2, padding=1))
+            else:
+                self.down.append(nn.MaxPool2d(2))
+            c_prev = ch[i]
+        self.bottleneck = make_stage(ch[n - 1], ch[n], cfg.bottleneck_depth, cfg, cfg.has_mixer(n), True)
+        self.up = nn.ModuleList()
+        self.decoder = nn.ModuleList()
+        for i in reversed(range(n)):
+            self.up.append(Upsample(ch[i + 1], ch[i]))
+            c_in = 2 * ch[i] if cfg.skip == "concat" else ch[i]
+            self.decoder.append(make_stage(c_in, ch[i], cfg.convs_per_level, cfg, cfg.has_mixer(i), False))
+        self.head = nn.Conv2d(ch[0], cfg.out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, in_channels, H, W), H and W divisible by 2**levels -> (B, out_channels, H, W) float32."""
+        factor = 2**self.config.levels
+        if x.shape[1] != self.config.in_channels or x.shape[-2] % factor or x.shape[-1] % factor:
+            raise ValueError(
+                f"MambaUNetV2: input {tuple(x.shape)} needs {self.config.in_channels} channels and "
+                f"H, W divisible by {factor}"
+            )
+        skips = []
+        for stage, down in zip(self.encoder, self.down, strict=True):
+            x = stage(x)
+            skips.append(x)
+            x = down(x)
+        x = self.bottleneck(x)
+        for up, stage, skip in zip(self.up, self.decoder, reversed(skips), strict=True):
+            x = up(x)
+            x = torch.cat([x, skip], dim=1) if self.config.skip == "concat" else x + skip
+            x = stage(x)
+        return self.head(x).float()
+
+
+def set_backend(model: nn.Module, backend: str) -> None:
+    """Switch every Mamba-2 layer of ``model`` (and its config, if any) to scan ``backend``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown Mamba-2 backend {backend!r}; choose one of {BACKENDS}")
+    for module in model.modules():
+        if isinstance(module, Mamba2):
+            module.backend = backend
+    if isinstance(getattr(model, "config", None), MambaUNetConfig):
+        model.config = replace(model.config, backend=backend)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def no_weight_decay_names(model: nn.Module) -> set[str]:
+    """Names of parameters that AdamW should not decay: Mamba's dt_bias/A_log/D, norms and biases."""
+    names = set()
+    for name, p in model.named_parameters():
+        if getattr(p, "_no_weight_decay", False) or p.ndim <= 1:
+            names.add(name)
+    return names
+
+
+def receptive_levels(config: MambaUNetConfig, height: int = 128) -> list[str]:
+    """Human-readable list of the resolutions that carry a mixer, e.g. ['32x32', '16x16 (bottleneck)']."""
+    out = []
+    for level in range(config.levels + 1):
+        if config.has_mixer(level):
+            side = height // 2**level
+            out.append(f"{side}x{side}" + (" (bottleneck)" if level == config.levels else ""))
+    return out
+
+
+__all__ = [
+    "MambaUNetConfig",
+    "MambaUNetV2",
+    "MixerResidual",
+    "SelfAttention2D",
+    "count_parameters",
+    "no_weight_decay_names",
+    "receptive_levels",
+    "set_backend",
+    "sincos_position_2d",
+]
