@@ -281,13 +281,20 @@ def _bounds(grid: Grid) -> tuple[np.ndarray, np.ndarray]:
 
 
 def hu_to_offset_ct(hu: np.ndarray) -> np.ndarray:
-    """Clinical CT (HU) -> the model's offset CT numbers (HU + 1024, clipped at 0), float32."""
-    return np.clip(np.asarray(hu, dtype=np.float32) + np.float32(CT_OFFSET), 0.0, None)
+    """Clinical CT (HU) -> the model's offset CT numbers (HU + 1024, clipped at 0), float32.
+
+    Computed in the input's float precision (float64 for integer input), then rounded once to
+    float32, so ``hu_to_offset_ct(offset_ct_to_hu(x)) == x`` exactly for float32 ``x >= 0``.
+    """
+    hu = np.asarray(hu)
+    if not np.issubdtype(hu.dtype, np.floating):
+        hu = hu.astype(np.float64)
+    return np.clip(hu + hu.dtype.type(CT_OFFSET), 0.0, None).astype(np.float32)
 
 
 def offset_ct_to_hu(offset_ct: np.ndarray) -> np.ndarray:
-    """OpenKBP offset CT numbers -> HU (offset - 1024), float32."""
-    return np.asarray(offset_ct, dtype=np.float32) - np.float32(CT_OFFSET)
+    """OpenKBP offset CT numbers -> HU (offset - 1024) as float64 (exact for float32 input)."""
+    return np.asarray(offset_ct, dtype=np.float64) - CT_OFFSET
 
 
 def model_grid_for(
