@@ -828,7 +828,8 @@ class MambaDosePredictionTest(ScriptedLoadableModuleTest):
         self.assertEqual(table.GetNumberOfRows(), len(mapping))  # one row per structure
 
         if hasattr(slicer.modules, "isodose"):
-            self.assertIsNotNone(outputs["isodose"].GetIsosurfacesModelNode())
+            rtIsodose: vtkMRMLIsodoseNode = outputs["isodose"]  # noqa: F821 (SlicerRT class, only annotated)
+            self.assertIsNotNone(rtIsodose.GetIsosurfacesModelNode())
         else:
             isodose: vtkMRMLSegmentationNode = outputs["isodose"]
             self.assertEqual(isodose.GetSegmentation().GetNumberOfSegments(), len(ISODOSE_PERCENTS))
@@ -838,9 +839,14 @@ class MambaDosePredictionTest(ScriptedLoadableModuleTest):
         ctNode, segmentationNode = self.phantomNodes()
         mapping = self.autoMapping(segmentationNode)
         logic = MambaDosePredictionLogic()
-        first = logic.predict(ctNode, segmentationNode, mapping, device="cpu")
-        second = logic.predict(ctNode, segmentationNode, mapping, device="cpu")
-        self.assertNotEqual(first["dose"].GetID(), second["dose"].GetID())
-        self.assertNotEqual(first["dose"].GetName(), second["dose"].GetName())
-        third = logic.predict(ctNode, segmentationNode, mapping, device="cpu", replace=True)
-        self.assertEqual(first["dose"].GetID(), third["dose"].GetID())
+        first: vtkMRMLScalarVolumeNode = logic.predict(ctNode, segmentationNode, mapping, device="cpu")[
+            "dose"
+        ]
+        second: vtkMRMLScalarVolumeNode = logic.predict(ctNode, segmentationNode, mapping, device="cpu")[
+            "dose"
+        ]
+        self.assertNotEqual(first.GetID(), second.GetID())
+        self.assertNotEqual(first.GetName(), second.GetName())
+        outputs = logic.predict(ctNode, segmentationNode, mapping, device="cpu", replace=True)
+        replaced: vtkMRMLScalarVolumeNode = outputs["dose"]
+        self.assertEqual(first.GetID(), replaced.GetID())
