@@ -602,7 +602,7 @@ class MambaDosePredictionLogic(ScriptedLoadableModuleLogic):
         if table is not None:
             return table
         table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLColorTableNode", DOSE_COLOR_TABLE_NAME)
-        table.SetType(vtkMRMLColorTableNode.User)
+        table.SetTypeToUser()
         table.SetNumberOfColors(256)
         anchors = np.array([[0, 0, 0.6], [0, 0.5, 1], [0, 0.9, 0.3], [1, 1, 0], [1, 0.5, 0], [0.8, 0, 0]])
         positions = np.linspace(0, 1, len(anchors))
@@ -631,6 +631,7 @@ class MambaDosePredictionLogic(ScriptedLoadableModuleLogic):
         for index, (percent, gy) in enumerate(sorted(levels, key=lambda level: level[1])):
             r, g, b = _levelColor(percent)
             colorTable.SetColor(index, f"{gy:.1f}", r, g, b, 1.0)
+        isodoseNode.SetDoseUnits(slicer.vtkMRMLIsodoseNode.Gy)  # levels are named in Gy
         isodoseNode.RelativeRepresentationFlagOff()
         isodoseNode.ShowIsodoseLinesOn()
         isodoseLogic.CreateIsodoseSurfaces(isodoseNode)
