@@ -32,7 +32,8 @@ def addLibraryPaths(moduleDir: str) -> None:
 
 def main(argv: list[str]) -> int:
     """Run one of :data:`COMMANDS` with ``argv`` (as ``mambadose``); returns the exit code."""
-    addLibraryPaths(os.path.dirname(os.path.abspath(__file__)))
+    # Slicer's --python-script sets __file__; sys.argv[0] (the script) is the fallback
+    addLibraryPaths(os.path.dirname(os.path.abspath(globals().get("__file__") or sys.argv[0])))
     from MambaDoseLib import cli
 
     return cli.main(argv, commands={name: cli.COMMANDS[name] for name in COMMANDS})
