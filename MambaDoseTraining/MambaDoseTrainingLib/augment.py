@@ -3,7 +3,7 @@
 Every input channel, the dose target and the loss weight (the possible-dose mask) get the *same*
 transform, so the network always sees a consistent patient:
 
-1. Flips (exact, ``torch.flip`` + ``torch.where`` per sample). Axis layout is OpenKBP's
+1. Flips (exact: ``torch.flip`` of the chosen samples). Axis layout is OpenKBP's
    ``(i, j)`` = (anterior->posterior, right->left), i.e. tensor dims ``(H, W)``. The left-right
    flip (``W``) mirrors the patient, which is anatomically plausible; when ``swap_lr_channels`` is
    on, the channels of paired left/right structures (``mask_LeftParotid`` <->
@@ -19,6 +19,9 @@ transform, so the network always sees a consistent patient:
    (``padding_mode="border"``): at the edge of a 128 x 128 slice that is air for the CT, 0 for
    masks and dose, and a nearly right value for the distance maps.
    Samples that draw no affine transform are not resampled at all.
+
+The random parameters (a few numbers per sample) are drawn from a CPU generator, so that the
+augmentation never makes the host wait for the GPU; only the pixels are touched on the device.
 
 Conventions of the transform (pixel units, about the slice centre, ``x`` = column ``j``,
 ``y`` = row ``i``): a point ``q = (x, y)`` of the input moves to ``scale * R(angle) @ q + shift``
@@ -115,12 +118,22 @@ def apply_affine(stack: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(stack, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def _uniform(n: int, low: float, high: float, generator: torch.Generator, device) -> torch.Tensor:
-    return low + (high - low) * torch.rand(n, generator=generator, device=device)
+def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
+    return low + (high - low) * torch.rand(n, generator=generator)
 
 
-def _coin(n: int, p: float, generator: torch.Generator, device) -> torch.Tensor:
-    return torch.rand(n, generator=generator, device=device) < p
+def _coin(n: int, p: float, generator: torch.Generator) -> torch.Tensor:
+    return torch.rand(n, generator=generator) < p
+
+
+def _replace_rows(stack: torch.Tensor, rows: torch.Tensor, transform) -> torch.Tensor:
+    """``stack`` with ``transform`` applied to the rows ``rows`` (CPU indices; no device sync)."""
+    if rows.numel() == 0:
+        return stack
+    if rows.numel() == stack.shape[0]:
+        return transform(stack)
+    index = rows.to(stack.device, non_blocking=True)
+    return stack.index_copy(0, index, transform(stack.index_select(0, index)))
 
 
 def augment_batch(
@@ -134,41 +147,43 @@ def augment_batch(
     """Augment a batch jointly.
 
     inputs: float (B, C, H, W); target: float (B, 1, H, W) dose on the [-1, 1] scale;
-    weight: float (B, 1, H, W) loss weight (the possible-dose mask).
-    generator: a ``torch.Generator`` on the batch's device (the only source of randomness).
+    weight: float (B, 1, H, W) loss weight (the possible-dose mask), all on one device.
+    generator: a CPU ``torch.Generator``, the only source of randomness. The per-sample
+    parameters are drawn on the CPU (a few numbers), so the device never has to report back to
+    the host (no synchronisation); the pixels are moved on the batch's device.
     channels: names of the C input channels (for the left/right channel swap); None = no swap.
     Returns the three tensors transformed identically (same shapes and dtypes).
     """
     b, c, h, w = inputs.shape
-    device = inputs.device
     stack = torch.cat([inputs, target, weight], dim=1)  # (B, C + 2, H, W)
 
-    flip_lr = _coin(b, config.flip_lr_p, generator, device)
-    flip_ap = _coin(b, config.flip_ap_p, generator, device)
-    if config.flip_lr_p > 0:
-        mirrored = stack.flip(-1)
-        perm = lr_swap_permutation(channels) if (channels and config.swap_lr_channels) else None
-        if perm is not None:
-            mirrored = mirrored[:, perm + [c, c + 1]]
-        stack = torch.where(flip_lr[:, None, None, None], mirrored, stack)
-    if config.flip_ap_p > 0:
-        stack = torch.where(flip_ap[:, None, None, None], stack.flip(-2), stack)
-
-    rotate = _coin(b, config.rotate_p, generator, device)
-    scale_on = _coin(b, config.scale_p, generator, device)
-    shift_on = _coin(b, config.shift_p, generator, device)
+    # the same number of draws whatever the probabilities: reproducible streams
+    flip_lr = _coin(b, config.flip_lr_p, generator)
+    flip_ap = _coin(b, config.flip_ap_p, generator)
+    rotate = _coin(b, config.rotate_p, generator)
+    scale_on = _coin(b, config.scale_p, generator)
+    shift_on = _coin(b, config.shift_p, generator)
     max_angle = math.radians(config.rotate_deg)
-    angle = torch.where(rotate, _uniform(b, -max_angle, max_angle, generator, device), 0.0)
-    log_s = _uniform(b, math.log(config.scale_min), math.log(config.scale_max), generator, device)
+    angle = torch.where(rotate, _uniform(b, -max_angle, max_angle, generator), 0.0)
+    log_s = _uniform(b, math.log(config.scale_min), math.log(config.scale_max), generator)
     scale = torch.where(scale_on, torch.exp(log_s), 1.0)
-    size = torch.tensor([w, h], dtype=torch.float32, device=device)
-    shift = torch.rand(b, 2, generator=generator, device=device) * 2.0 - 1.0
-    shift = torch.where(shift_on[:, None], shift * config.shift_frac * size, 0.0)
+    shift = torch.rand(b, 2, generator=generator) * 2.0 - 1.0
+    shift = torch.where(shift_on[:, None], shift * config.shift_frac * torch.tensor([w, h]), 0.0)
+
+    perm = lr_swap_permutation(channels) if (channels and config.swap_lr_channels) else None
+    order = None if perm is None else perm + [c, c + 1]
+
+    def mirror(x: torch.Tensor) -> torch.Tensor:
+        x = x.flip(-1)
+        return x if order is None else x[:, order]
+
+    stack = _replace_rows(stack, torch.nonzero(flip_lr).squeeze(1), mirror)
+    stack = _replace_rows(stack, torch.nonzero(flip_ap).squeeze(1), lambda x: x.flip(-2))
 
     chosen = torch.nonzero(rotate | scale_on | shift_on).squeeze(1)
     if chosen.numel() > 0:
         theta = affine_theta(angle[chosen], scale[chosen], shift[chosen], h, w)
-        moved = apply_affine(stack[chosen].float(), theta).to(stack.dtype)
-        stack = stack.index_copy(0, chosen, moved)
+        theta = theta.to(stack.device, non_blocking=True)
+        stack = _replace_rows(stack, chosen, lambda x: apply_affine(x.float(), theta).to(x.dtype))
 
     return stack[:, :c], stack[:, c : c + 1], stack[:, c + 1 :]

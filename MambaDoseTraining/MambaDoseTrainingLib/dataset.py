@@ -4,9 +4,9 @@ Data path (chosen so that the GPU never waits for data):
 
 1. ``build_slice_files``: for every patient, in parallel worker processes, load the patient from
    the compact cache, compute ``features.build_features`` (C, I, J, K) and keep the axial slices
-   that contain at least one possible-dose voxel. Each patient's kept slices are written as one
-   ``.npz`` (float16 features, float16 normalised dose, bool mask, slice indices) into a feature
-   cache folder, atomically. A resumed command finds the files and skips the work.
+   that contain at least one possible-dose voxel. Each patient's kept slices are written into a
+   feature cache folder, atomically: ``<id>.features.npy`` (float16 features) and ``<id>.npz``
+   (float16 normalised dose, bool mask, slice indices; written last, it marks the patient done). A resumed command finds the files and skips the work.
 2. ``load_slice_set``: stack all patients' files into one :class:`SliceSet` of device tensors:
    ``features`` float16 (N, C, H, W), ``dose`` float16 (N, H, W) on the [-1, 1] scale,
    ``mask`` bool (N, H, W); plus ``patient_index`` / ``slice_index`` (N,) to map a row back to
@@ -95,32 +95,42 @@ def patient_slices(patient: Patient, channels: Sequence[str]) -> PatientSlices:
     )
 
 
-def _write_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}.npz")
-    np.savez(tmp, **arrays)
+def _write_atomic(path: Path, save, data) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        save(f, data)
     os.replace(tmp, path)
 
 
 def _slice_file(folder: Path, patient_id: str) -> Path:
+    """The small per-patient file (dose, mask, slice indices); written last, so it marks 'done'."""
     return folder / f"{patient_id}.npz"
+
+
+def _feature_file(folder: Path, patient_id: str) -> Path:
+    """The big per-patient file: float16 (n, C, I, J) features (.npy: its shape reads for free)."""
+    return folder / f"{patient_id}.features.npy"
+
+
+def write_patient_slices(folder: Path, s: PatientSlices) -> None:
+    """Write one patient's slices: features first, then the .npz that marks the pair complete."""
+    _write_atomic(_feature_file(folder, s.patient_id), np.save, s.features)
+    _write_atomic(
+        _slice_file(folder, s.patient_id),
+        lambda f, d: np.savez(f, **d),
+        {"dose": s.dose, "mask": s.mask, "slice_index": s.slice_index},
+    )
 
 
 def _build_and_write(
     patient: Patient | None, cache_dir: str | None, patient_id: str, channels: tuple[str, ...], folder: str
 ) -> str:
-    """Worker: (load from the patient cache,) build the slices, write the .npz; returns the id."""
+    """Worker: (load from the patient cache,) build the slices, write them; returns the id."""
     if patient is None:
         from MambaDoseTrainingLib.cache import load_patient
 
         patient = load_patient(cache_dir, patient_id)
-    s = patient_slices(patient, channels)
-    _write_npz_atomic(
-        _slice_file(Path(folder), patient_id),
-        features=s.features,
-        dose=s.dose,
-        mask=s.mask,
-        slice_index=s.slice_index,
-    )
+    write_patient_slices(Path(folder), patient_slices(patient, channels))
     return patient_id
 
 
@@ -225,8 +235,8 @@ def load_slice_set(
         path = _slice_file(folder, pid)
         if not path.exists():
             raise InputError(f"{path}: slice file missing (build_slice_files first)")
-        with np.load(path) as z:
-            parts.append((z["features"].shape, path))
+        features = np.load(_feature_file(folder, pid), mmap_mode="r")  # reads the header only
+        parts.append((features.shape, pid))
     shapes = {shape[1:] for shape, _ in parts}
     if len(shapes) != 1:
         raise InputError(f"{folder}: patients have different slice shapes {sorted(shapes)}")
@@ -241,10 +251,10 @@ def load_slice_set(
     patient_index = torch.empty(n_total, dtype=torch.int64)
     slice_index = torch.empty(n_total, dtype=torch.int64)
     row = 0
-    for number, (shape, path) in enumerate(parts):
+    for number, (shape, pid) in enumerate(parts):
         n = shape[0]
-        with np.load(path) as z:
-            features[row : row + n] = torch.from_numpy(z["features"]).to(device)
+        features[row : row + n] = torch.from_numpy(np.load(_feature_file(folder, pid))).to(device)
+        with np.load(_slice_file(folder, pid)) as z:
             dose[row : row + n] = torch.from_numpy(z["dose"]).to(device)
             mask[row : row + n] = torch.from_numpy(z["mask"]).to(device)
             slice_index[row : row + n] = torch.from_numpy(z["slice_index"])

@@ -44,7 +44,14 @@ from MambaDoseLib.errors import InputError
 from MambaDoseLib.patient import Patient
 
 from .augment import AugmentConfig, augment_batch
-from .dataset import SliceSet, balanced_epoch_indices, channels_for_preset, prepare_slice_set, shard_indices
+from .dataset import (
+    CHANNEL_PRESETS,
+    SliceSet,
+    balanced_epoch_indices,
+    channels_for_preset,
+    prepare_slice_set,
+    shard_indices,
+)
 
 log = logging.getLogger(__name__)
 
@@ -204,12 +211,19 @@ class TrainConfig:
             raise InputError(f"--slices-per-epoch must be >= 1, got {self.slices_per_epoch}")
 
     def channel_names(self) -> tuple[str, ...]:
-        if "," in self.channels or self.channels not in ("2d", "2.5d"):
-            names = tuple(c.strip() for c in self.channels.split(",") if c.strip())
+        """Input channel names: a preset ("2d", "2.5d") or the comma-separated list."""
+        from MambaDoseLib.features import check_channels
+
+        if self.channels in CHANNEL_PRESETS:
+            return channels_for_preset(self.channels)
+        names = tuple(c.strip() for c in self.channels.split(",") if c.strip())
+        try:
             if not names:
-                raise InputError(f"--channels {self.channels!r}: no channel names")
-            return names
-        return channels_for_preset(self.channels)
+                raise ValueError("no channel names")
+            check_channels(names)
+        except ValueError as exc:
+            raise InputError(f"--channels {self.channels!r}: {exc}") from exc
+        return names
 
 
 # --------------------------------------------------------------------------- small pieces
@@ -440,7 +454,10 @@ def build_model_config(cfg: TrainConfig, in_channels: int):
             f"model option(s) {', '.join(unknown)} not in MambaUNetConfig "
             f"(fields: {', '.join(sorted(known))})"
         )
-    return MambaUNetConfig(**kwargs)
+    try:
+        return MambaUNetConfig(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"model options: {exc}") from exc
 
 
 def _model_config_dict(model_config) -> dict:
@@ -946,7 +963,7 @@ def train_one_epoch(
     order_gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))
     rows = balanced_epoch_indices(train.patient_index, len(train.patient_ids), order_gen)[:drawn]
     rows = shard_indices(rows, rt.rank, rt.world_size).to(device)
-    aug_gen = torch.Generator(device=device).manual_seed(epoch_seed(cfg.seed, epoch, rt.rank, 1))
+    aug_gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch, rt.rank, 1))  # CPU: no sync
     batch = min(cfg.batch_size, rows.numel())
     use_amp = device.type == "cuda"
     loss_sum = torch.zeros((), device=device)
@@ -1057,8 +1074,12 @@ def export_best_model(
 
 
 def _normalisation_card() -> dict:
+    """How inputs and output are scaled (constants of ``MambaDoseLib.features``)."""
     from MambaDoseLib import features
 
-    if hasattr(features, "normalisation_card"):
-        return features.normalisation_card()
-    return {"ct": "offset CT clipped to [0, 2500] -> [-1, 1]", "dose": "Gy clipped to [0, 80] -> [-1, 1]"}
+    return {
+        "ct_range": list(features.CT_RANGE),
+        "dose_range_gy": list(features.DOSE_RANGE_GY),
+        "psdm_clip_mm": features.PSDM_CLIP_MM,
+        "scale": "linear to [-1, 1] after clipping",
+    }

@@ -1,0 +1,242 @@
+"""Training pipeline: loss, schedule, sampling, slice data, end-to-end run, resume, CLI (CPU)."""
+
+from __future__ import annotations
+
+import csv
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+from MambaDoseLib.errors import InputError
+from MambaDoseLib.phantom import make_phantom
+from MambaDoseTrainingLib.augment import AugmentConfig
+from MambaDoseTrainingLib.dataset import (
+    balanced_epoch_indices,
+    channels_for_preset,
+    prepare_slice_set,
+    shard_indices,
+)
+from MambaDoseTrainingLib.train import (
+    BEST,
+    LAST,
+    MODEL_BEST,
+    TrainConfig,
+    ValReference,
+    dose_volume_from_rows,
+    lr_factor,
+    masked_smooth_l1,
+    parameter_groups,
+    rng_state,
+    run_training,
+    set_rng_state,
+)
+
+SHAPE = (32, 32, 16)
+TINY = [8, 16, 32, 64]
+
+
+@pytest.fixture(scope="module")
+def phantoms():
+    train = [make_phantom(SHAPE, seed=s, patient_id=f"pt_{s}") for s in (1, 2, 3)]
+    val = [make_phantom(SHAPE, seed=s, patient_id=f"pt_{s}") for s in (201, 202)]
+    return train, val
+
+
+def _config(out, **kw) -> TrainConfig:
+    base = dict(
+        out=str(out),
+        mixer="none",
+        model_channels=TINY,
+        batch_size=8,
+        epochs=3,
+        lr=3e-3,
+        warmup_epochs=1,
+        workers=0,
+        progress=False,
+        slices_per_epoch=24,
+        augment=AugmentConfig(rotate_p=0.5, scale_p=0.5, shift_p=0.5),
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def test_masked_smooth_l1_counts_only_mask_and_uses_beta():
+    target = torch.zeros(2, 1, 4, 4)
+    pred = torch.full_like(target, 0.1)
+    weight = torch.zeros_like(target)
+    weight[:, :, :2] = 1.0
+    pred[weight == 0] = 5.0  # outside the mask: ignored
+    loss = masked_smooth_l1(pred, target, weight, beta=0.05)
+    assert loss.dtype == torch.float32
+    assert math.isclose(loss.item(), 0.1 - 0.05 / 2, rel_tol=1e-6)  # linear branch above beta
+    small = masked_smooth_l1(torch.full_like(target, 0.01), target, weight, beta=0.05)
+    assert math.isclose(small.item(), 0.5 * 0.01**2 / 0.05, rel_tol=1e-5)  # quadratic branch
+
+
+def test_lr_factor_warmup_then_cosine_to_zero():
+    spe, warm, epochs = 10, 2, 12
+    factors = [lr_factor(s, spe, warm, epochs) for s in range(spe * epochs)]
+    assert factors[0] == pytest.approx(1 / 20) and factors[19] == pytest.approx(1.0)
+    assert factors[20] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[20:], factors[21:], strict=False))
+    assert lr_factor(spe * epochs, spe, warm, epochs) == pytest.approx(0.0, abs=1e-12)
+    assert lr_factor(0, spe, 0, epochs) == pytest.approx(1.0)
+
+
+def test_parameter_groups_exclude_norms_biases_and_flagged():
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(4, 4))
+    flagged = torch.nn.Parameter(torch.ones(3, 3))
+    flagged._no_weight_decay = True
+    model.register_parameter("A_log", flagged)
+    decay, no_decay = parameter_groups(model, 0.01)
+    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+    assert {id(p) for p in decay["params"]} == {id(model[0].weight), id(model[2].weight)}
+    assert any(p is flagged for p in no_decay["params"])
+    assert len(no_decay["params"]) == 5  # conv bias, bn weight + bias, linear bias, A_log
+
+
+def test_rng_state_survives_weights_only_load(tmp_path):
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    path = tmp_path / "rng.pt"
+    torch.save({"rng": rng_state()}, path)
+    expected = (random.random(), np.random.rand(), torch.rand(2))
+    random.seed(9)
+    np.random.seed(9)
+    torch.manual_seed(9)
+    set_rng_state(torch.load(path, weights_only=True)["rng"])
+    got = (random.random(), np.random.rand(), torch.rand(2))
+    assert got[0] == expected[0] and got[1] == expected[1] and torch.equal(got[2], expected[2])
+
+
+def test_balanced_epoch_draws_every_patient_equally_and_shards_evenly():
+    patient_index = torch.tensor([0] * 3 + [1] * 10 + [2] * 5)
+    rows = balanced_epoch_indices(patient_index, 3, torch.Generator().manual_seed(0))
+    assert rows.numel() == 3 * 6  # ceil(18 / 3) slices of each patient
+    counts = torch.bincount(patient_index[rows], minlength=3)
+    assert counts.tolist() == [6, 6, 6]
+    # a patient with enough slices gets distinct ones
+    assert len(set(rows[patient_index[rows] == 1].tolist())) == 6
+    same = balanced_epoch_indices(patient_index, 3, torch.Generator().manual_seed(0))
+    assert torch.equal(rows, same)
+    shards = [shard_indices(torch.arange(17), r, 2) for r in range(2)]
+    assert shards[0].numel() == shards[1].numel() == 8
+    assert set(shards[0].tolist()) | set(shards[1].tolist()) == set(range(16))
+
+
+def test_dose_volume_from_rows_places_slices_and_zeroes_outside_mask():
+    mask = np.zeros((4, 4, 5), bool)
+    mask[1:3, 1:3, 1] = mask[1:3, 1:3, 3] = True
+    ref = ValReference("pt_x", np.zeros((4, 4, 5), np.float32), mask, {}, 1.0, {}, {})
+    rows = np.full((2, 4, 4), 0.0, np.float32)  # normalised 0 = 40 Gy
+    rows[1] = -2.0  # below the range: clipped at 0 Gy
+    dose = dose_volume_from_rows(rows, np.array([1, 3]), ref)
+    assert np.allclose(dose[..., 1][mask[..., 1]], 40.0)
+    assert np.all(dose[..., 3] == 0.0)
+    assert np.all(dose[~mask] == 0.0)
+
+
+def test_channel_presets():
+    two_d = channels_for_preset("2d")
+    assert len(two_d) == 20 and two_d[0] == "ct"
+    two_half = channels_for_preset("2.5d")
+    assert two_half[:3] == ("ct_prev", "ct", "ct_next") and len(two_half) == 22
+    with pytest.raises(InputError):
+        channels_for_preset("3d")
+    with pytest.raises(InputError):
+        _config("x", channels="ct,not_a_channel").channel_names()
+
+
+def test_slice_set_keeps_dose_slices_and_reuses_feature_cache(phantoms, tmp_path, monkeypatch):
+    train, _ = phantoms
+    channels = ("ct", "possible_dose_mask", "ct_next")
+    ids = [p.patient_id for p in train]
+    data = prepare_slice_set(ids, channels, patients=train, feature_cache=tmp_path, source_name="t")
+    expected = sum(int(p.possible_dose_mask.any(axis=(0, 1)).sum()) for p in train)
+    assert len(data) == expected and data.features.dtype == torch.float16
+    assert data.features.shape[1:] == (3, 32, 32) and data.dose.shape == (expected, 32, 32)
+    # rows map back to (patient, slice) and carry that slice's mask and features
+    p0 = train[0]
+    k = int(data.slice_index[0])
+    assert int(data.patient_index[0]) == 0
+    assert torch.equal(data.mask[0], torch.from_numpy(p0.possible_dose_mask[..., k]))
+    assert torch.equal(data.features[0, 1].bool(), data.mask[0])
+    assert bool(data.mask.flatten(1).any(1).all())  # no slice without possible-dose voxels
+
+    import MambaDoseTrainingLib.dataset as dataset
+
+    def fail(*_a, **_k):
+        raise AssertionError("feature cache not reused")
+
+    monkeypatch.setattr(dataset, "patient_slices", fail)
+    again = prepare_slice_set(ids, channels, patients=train, feature_cache=tmp_path, source_name="t")
+    assert torch.equal(again.features, data.features)
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def test_train_resume_after_time_limit_matches_uninterrupted_run(phantoms, tmp_path):
+    train, val = phantoms
+    full = run_training(_config(tmp_path / "full"), train, val)
+    assert full["status"] == "completed" and full["epochs"] == 3
+    losses = [h["train_loss"] for h in full["history"]]
+    assert losses[-1] < losses[0]
+    out = tmp_path / "full"
+    for name in (LAST, BEST, MODEL_BEST, "model_best.json", "history.csv", "curves.png", "train.log"):
+        assert (out / name).is_file(), name
+    with open(out / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert all(math.isfinite(float(r["val_dose_score"])) for r in rows)
+
+    part = tmp_path / "part"
+    first = run_training(_config(part, time_limit_s=1e-3), train, val)  # stops after epoch 1
+    assert first["status"] == "time_limit" and first["epochs"] == 1
+    assert "resume with --resume" in (part / "train.log").read_text()
+    with pytest.raises(InputError):
+        run_training(_config(part), train, val)  # an existing run needs --resume
+    ckpt = torch.load(part / LAST, weights_only=True)
+    assert ckpt["state"]["epoch"] == 1 and ckpt["optimizer"]["state"]
+    resumed = run_training(_config(part, resume=True), train, val)
+    assert resumed["status"] == "completed" and resumed["epochs"] == 3
+    assert [h["train_loss"] for h in resumed["history"]] == losses
+    a = torch.load(out / LAST, weights_only=True)["model"]
+    b = torch.load(part / LAST, weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_model_card_and_weights_load(phantoms, tmp_path):
+    from MambaDoseLib.weights import load_model
+
+    train, val = phantoms
+    run_training(_config(tmp_path, epochs=1, slices_per_epoch=8), train, val)
+    model, card = load_model(tmp_path / MODEL_BEST)
+    assert card["channels"] == list(channels_for_preset("2d"))
+    assert card["training"]["best_epoch"] == 1 and card["training"]["train_patients"] == 3
+    assert math.isfinite(card["training"]["validation"]["val_dose_score"])
+    assert model(torch.zeros(1, 20, 32, 32)).shape == (1, 1, 32, 32)
+
+
+def test_mamba2_torch_backend_trains(phantoms, tmp_path):
+    train, val = phantoms
+    cfg = _config(
+        tmp_path,
+        mixer="mamba2",
+        mixer_min_level=3,
+        d_state=16,
+        epochs=1,
+        slices_per_epoch=8,
+        model_options={"backend": "torch"},
+        max_val_patients=1,
+        channels="2.5d",
+    )
+    result = run_training(cfg, train, val)
+    assert result["epochs"] == 1 and math.isfinite(result["history"][0]["train_loss"])
+    assert (tmp_path / LAST).is_file()
