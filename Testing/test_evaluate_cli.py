@@ -1,0 +1,110 @@
+"""``mambadose evaluate`` run as a real subprocess on a tiny synthetic OpenKBP split."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+SHAPE = (128, 128, 128)
+
+
+def _write_sparse(path: Path, volume: np.ndarray | None = None, mask: np.ndarray | None = None) -> None:
+    """The OpenKBP sparse layout: header ``,data``; ``flat_index,value`` (or ``flat_index,`` for masks)."""
+    lines = [",data"]
+    if mask is not None:
+        lines += [f"{i}," for i in np.flatnonzero(mask)]
+    else:
+        flat = volume.ravel()
+        lines += [f"{i},{flat[i]:.3f}" for i in np.flatnonzero(flat > 0)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _box(lo, hi) -> np.ndarray:
+    m = np.zeros(SHAPE, bool)
+    m[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = True
+    return m
+
+
+def _make_patient(folder: Path, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Write one small synthetic patient; returns its reference dose (Gy) and possible-dose mask."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    body = _box((50, 50, 60), (70, 72, 70))
+    ct = np.where(body, 1024.0 + rng.integers(0, 60, SHAPE), 0.0)
+    dose = np.where(body, np.round(rng.uniform(5.0, 60.0, SHAPE), 3), 0.0)
+    ptv = _box((56, 56, 62), (64, 64, 67))
+    dose[ptv] = np.round(rng.uniform(66.0, 72.0, int(ptv.sum())), 3)
+    _write_sparse(folder / "ct.csv", ct)
+    _write_sparse(folder / "dose.csv", dose)
+    _write_sparse(folder / "possible_dose_mask.csv", mask=body)
+    _write_sparse(folder / "PTV70.csv", mask=ptv)
+    _write_sparse(folder / "Brainstem.csv", mask=_box((52, 52, 61), (55, 70, 64)))
+    _write_sparse(folder / "SpinalCord.csv", mask=_box((66, 60, 60), (69, 63, 70)))
+    (folder / "voxel_dimensions.csv").write_text("3.906\n3.906\n2.5\n")
+    return dose, body
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory):
+    """Reference split of 2 patients plus exact and perturbed (+1 Gy in the mask) predictions."""
+    root = tmp_path_factory.mktemp("evaluate")
+    exact, plus_one = root / "exact", root / "plus_one"
+    exact.mkdir()
+    plus_one.mkdir()
+    for n, seed in ((3, 0), (12, 1)):
+        dose, body = _make_patient(root / "ref" / f"pt_{n}", seed)
+        _write_sparse(exact / f"pt_{n}.csv", dose)
+        _write_sparse(plus_one / f"pt_{n}.csv", np.where(body, dose + 1.0, 0.0))
+    return root
+
+
+#: The real CLI entry (``cli.main``) in a fresh process, with only this command registered so the test
+#: does not depend on the import of every other command module.
+_MAIN = (
+    "import sys; from MambaDoseLib import cli; "
+    "sys.exit(cli.main(sys.argv[1:], commands={'evaluate': 'MambaDoseLib.commands.evaluate'}))"
+)
+
+
+def _evaluate(*args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-c", _MAIN, "evaluate", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+def test_predictions_equal_to_reference_score_zero(split, tmp_path):
+    per_patient, per_roi = tmp_path / "scores.csv", tmp_path / "rois.csv"
+    done = _evaluate(
+        str(split / "ref"), str(split / "exact"), "--csv", str(per_patient), "--per-roi-csv", str(per_roi)
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-2:] == ["dose_score 0.0000", "dvh_score 0.0000"]
+    rows = pd.read_csv(per_patient)
+    assert list(rows["patient_id"]) == ["pt_3", "pt_12"]  # numeric order
+    assert np.allclose(rows["dose_score"], 0.0) and np.allclose(rows["dice_95"], 1.0)
+    assert np.allclose(rows["slice_dose_score_paper"], 0.0)
+    rois = pd.read_csv(per_roi)
+    assert len(rois) == 6 and set(rois["roi"]) == {"PTV70", "Brainstem", "SpinalCord"}
+    assert np.allclose(rois["diff_D95"], 0.0)
+
+
+def test_perturbed_predictions(split):
+    done = _evaluate(str(split / "ref"), str(split / "plus_one"))
+    assert done.returncode == 0, done.stderr
+    # +1 Gy on every mask voxel, 0 outside: |diff| sums to the mask size -> dose score 1;
+    # every ROI lies in the mask, so every DVH metric moves by exactly 1 Gy -> DVH score 1.
+    assert done.stdout.strip().splitlines()[-2:] == ["dose_score 1.0000", "dvh_score 1.0000"]
+    assert "paper's variant" in done.stdout
+
+
+def test_missing_prediction_is_named(split, tmp_path):
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "pt_3.csv").write_text((split / "exact" / "pt_3.csv").read_text())
+    done = _evaluate(str(split / "ref"), str(partial))
+    assert done.returncode == 2
+    assert "pt_12.csv" in done.stderr and "pt_3.csv" not in done.stderr.split("error:")[-1]
