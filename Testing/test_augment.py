@@ -43,7 +43,7 @@ def test_flip_twice_is_identity():
     assert not torch.equal(once[0], x)
     assert torch.equal(once[0], x.flip(-1).flip(-2))
     twice = augment_batch(*once, cfg, torch.Generator().manual_seed(2))
-    for a, b in zip(twice, (x, y, m)):
+    for a, b in zip(twice, (x, y, m), strict=True):
         assert torch.equal(a, b)
 
 
@@ -71,14 +71,14 @@ def test_zero_transform_is_identity():
     cfg = AugmentConfig(
         flip_lr_p=0, rotate_p=1, rotate_deg=0, scale_p=1, scale_min=1, scale_max=1, shift_p=1, shift_frac=0
     )
-    for a, ref in zip(augment_batch(x, y, m, cfg, torch.Generator().manual_seed(3)), (x, y, m)):
+    for a, ref in zip(augment_batch(x, y, m, cfg, torch.Generator().manual_seed(3)), (x, y, m), strict=True):
         assert torch.allclose(a, ref, atol=1e-5)
 
 
 def test_no_augmentation_returns_input_exactly():
     x, y, m = _batch()
     out = augment_batch(x, y, m, AugmentConfig.none(), torch.Generator().manual_seed(0))
-    for a, ref in zip(out, (x, y, m)):
+    for a, ref in zip(out, (x, y, m), strict=True):
         assert torch.equal(a, ref)
 
 
@@ -143,5 +143,5 @@ def test_same_generator_seed_gives_same_augmentation():
     cfg = AugmentConfig(rotate_p=0.5, scale_p=0.5, shift_p=0.5)
     a = augment_batch(x, y, m, cfg, torch.Generator().manual_seed(11))
     b = augment_batch(x, y, m, cfg, torch.Generator().manual_seed(11))
-    for u, v in zip(a, b):
+    for u, v in zip(a, b, strict=True):
         assert torch.equal(u, v)
