@@ -128,9 +128,22 @@ def load_ct(path: str | Path) -> Volume:
         image = image[:, :, :, 0]
     if image.GetDimension() != 3:
         raise InputError(f"{path}: the CT is {image.GetDimension()}D (expected a 3D volume)")
+    if path.is_file() and _nifti_has_nan(path, image):
+        raise InputError(f"{path}: the CT contains NaN values")
     ct = Volume.from_sitk(sitk.Cast(image, sitk.sitkFloat32))
     check_ct(ct, str(path))
     return ct
+
+
+def _nifti_has_nan(path: Path, image: sitk.Image) -> bool:
+    """ITK's NIfTI reader turns NaN into 0: look at a float NIfTI file's stored values (nibabel)."""
+    if not path.name.lower().endswith((".nii", ".nii.gz")):
+        return False
+    if image.GetPixelID() not in (sitk.sitkFloat32, sitk.sitkFloat64):
+        return False
+    import nibabel as nib
+
+    return bool(np.isnan(np.asanyarray(nib.load(str(path)).dataobj)).any())
 
 
 def _read_dicom_series(folder: Path) -> sitk.Image:
@@ -325,7 +338,8 @@ def _model_masks(
     return {roi: Volume.from_grid(mask, grid) for roi, mask in joined.items() if mask.any()}
 
 
-def _resolve_model_path(model_path: str | Path | None) -> Path:
+def resolve_model_path(model_path: str | Path | None = None) -> Path:
+    """The weights file to use (default ``weights.default_model_path()``); WeightsError when absent."""
     from . import weights
 
     path = Path(model_path) if model_path is not None else weights.default_model_path()
@@ -384,7 +398,7 @@ def predict_dose(
     timings["check_inputs"] = time.perf_counter() - t_start
 
     t = time.perf_counter()
-    path = _resolve_model_path(model_path)
+    path = resolve_model_path(model_path)
     torch_device = inference.resolve_device(device)
     model, card = weights.load_model(path, device=str(torch_device))
     timings["load_model"] = time.perf_counter() - t

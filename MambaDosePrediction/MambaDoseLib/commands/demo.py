@@ -21,6 +21,8 @@ HELP = "predict the dose for a synthetic head-and-neck phantom with the shipped 
 DEFAULT_OUT = Path("mambadose-demo")
 MARKER = ".mambadose-demo"
 INPUT_DIR = "input"
+#: the demo phantom: 128 x 128 axial, 64 slices of 2.5 mm (160 mm around the targets) keeps the demo short
+DEMO_SHAPE: tuple[int, int, int] = (128, 128, 64)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs=3,
         metavar=("X", "Y", "Z"),
         help="write the phantom CT at this voxel size (mm) instead of the phantom's own (3.906 3.906 2.5)",
+    )
+    parser.add_argument(
+        "--slices",
+        type=int,
+        default=DEMO_SHAPE[2],
+        help=f"phantom slices of 2.5 mm (default {DEMO_SHAPE[2]}; 128 = whole phantom)",
     )
     parser.add_argument("--seed", type=int, default=0, help="phantom random seed")
     parser.add_argument(
@@ -84,10 +92,15 @@ def same_extent_grid(grid, spacing_mm: tuple[float, float, float]):
 
 
 def write_phantom_inputs(
-    folder: Path, seed: int = 0, spacing_mm: tuple[float, float, float] | None = None
+    folder: Path,
+    seed: int = 0,
+    spacing_mm: tuple[float, float, float] | None = None,
+    shape: tuple[int, int, int] = DEMO_SHAPE,
 ) -> tuple[Path, Path]:
     """Write the phantom as ``folder/ct.nii.gz`` (HU) + ``folder/structures/<name>.nii.gz``.
 
+    shape: the phantom's voxels along the OpenKBP axes at its own spacing (3.906, 3.906, 2.5 mm),
+    centred on the phantom's centre (the primary target).
     The volumes are reoriented to the usual axial LPS layout (identity direction) and, with
     ``spacing_mm``, resampled to that voxel size over the same extent (CT linear, masks linear >= 0.5).
     Returns (ct path, structures folder).
@@ -98,7 +111,7 @@ def write_phantom_inputs(
     from ..phantom import make_phantom
     from ..report import atomic_write
 
-    patient = make_phantom(seed=seed, with_dose=False)
+    patient = make_phantom(shape=shape, seed=seed, with_dose=False)
     ct, masks = patient_to_volumes(patient)
     ct = Volume.from_sitk(sitk.DICOMOrient(ct.to_sitk(), "LPS"))
     masks = {name: Volume.from_sitk(sitk.DICOMOrient(m.to_sitk(), "LPS")) for name, m in masks.items()}
@@ -122,10 +135,11 @@ def write_phantom_inputs(
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
-    from ..predict import load_ct, load_structures
+    from ..predict import load_ct, load_structures, resolve_model_path
     from .predict import predict_and_write
 
     t0 = time.perf_counter()
+    model_path = resolve_model_path(args.model)  # fail before writing anything
     out: Path = args.out
     if not demo_folder_is_replaceable(out) and not args.overwrite:
         raise InputError(
@@ -141,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
         load_ct(ct_path),
         load_structures(structures_dir),
         out,
-        model_path=args.model,
+        model_path=model_path,
         device=args.device,
         tta=args.tta,
         overwrite=True,

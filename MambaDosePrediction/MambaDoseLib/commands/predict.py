@@ -95,19 +95,22 @@ def predict_and_write(
     from .. import RESEARCH_DISCLAIMER
     from ..predict import predict_dose, write_outputs
 
-    bar = tqdm(total=None, unit="slice", desc="predicting", disable=not progress_bar, leave=False)
+    bars: list[tqdm] = []  # made at the first report, so its clock starts with the model
 
     def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
+        if not bars:
+            bars.append(
+                tqdm(total=total, unit="slice", desc="predicting", disable=not progress_bar, leave=False)
+            )
+        bars[0].update(done - bars[0].n)
 
     try:
         result = predict_dose(
             ct, structures, prescriptions=rx, model_path=model_path, device=device, tta=tta, progress=progress
         )
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
     written = write_outputs(result, out_dir, overwrite=overwrite, inputs=inputs)
     print_summary(result, written)
     print(RESEARCH_DISCLAIMER)
