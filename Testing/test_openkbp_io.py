@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -11,7 +12,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-
 from MambaDoseLib import openkbp, volume_io
 from MambaDoseLib.errors import InputError
 from MambaDoseLib.patient import Patient
@@ -315,7 +315,7 @@ def test_validation_errors_name_file_and_line(tmp_path, name, text, message):
     text_of_error = str(info.value)
     assert "\n" not in text_of_error
     assert text_of_error.startswith(f"{folder / name}: "), text_of_error
-    assert __import__("re").search(message, text_of_error), text_of_error
+    assert re.search(message, text_of_error), text_of_error
 
 
 def test_random_bytes_give_input_error(tmp_path):
