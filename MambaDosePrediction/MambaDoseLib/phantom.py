@@ -25,7 +25,6 @@ is ``max over PTVs of Rx * f(d)`` with ``d`` the distance (mm) outside the PTV a
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -203,9 +202,10 @@ def make_phantom(
 ) -> Patient:
     """A synthetic head-and-neck ``Patient`` in the OpenKBP layout (module doc for the anatomy).
 
-    shape: voxels along axes 0, 1, 2; spacing_mm: voxel size (mm) along them. All 10 ROIs are
-    contoured (clipped to the body); ``possible_dose_mask`` is the body; ``dose_gy`` is None
-    unless ``with_dose``.
+    shape: voxels along axes 0, 1, 2; spacing_mm: voxel size (mm) along them. Every ROI that
+    the grid sees is contoured (clipped to the body; all 10 on the default grid, a small grid
+    leaves out those outside it); ``possible_dose_mask`` is the body; ``dose_gy`` is None unless
+    ``with_dose``.
     """
     shape = tuple(int(n) for n in shape)
     spacing_mm = tuple(float(s) for s in spacing_mm)
@@ -213,6 +213,7 @@ def make_phantom(
     rng = np.random.default_rng(seed)
     body = _body(frame)
     structures = {name: mask & body for name, mask in _structures(frame, rng).items()}
+    structures = {name: mask for name, mask in structures.items() if mask.any()}
     ct = _ct(frame, body, structures, rng)
     dose = _dose(structures, body, spacing_mm) if with_dose else None
     return Patient(
@@ -227,59 +228,20 @@ def make_phantom(
     )
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _sparse_csv(values: np.ndarray | None, mask: np.ndarray, fmt: str = "{:.1f}") -> str:
-    """OpenKBP sparse CSV text: header ``,data``, rows ``flat_index,value`` (C order) for the voxels
-    of ``mask``; mask files (``values`` None) have an empty value."""
-    index = np.flatnonzero(mask.ravel())
-    if values is None:
-        rows = [f"{i}," for i in index]
-    else:
-        flat = values.ravel()
-        rows = [f"{i},{fmt.format(v)}" for i, v in zip(index, flat[index].tolist(), strict=True)]
-    return "\n".join([",data", *rows]) + "\n"
-
-
-def write_openkbp_folder(patient: Patient, out_dir: str | os.PathLike) -> Path:
-    """Write ``patient`` as an OpenKBP patient folder (sparse CSVs, ``voxel_dimensions.csv``).
-
-    The grid must be 128 x 128 x 128 (the format's fixed shape). CT is written to 0.1 and dose to
-    0.001 Gy (only voxels > 0, as OpenKBP does). Each file is written atomically.
-    """
-    if patient.shape != (128, 128, 128):
-        raise ValueError(f"OpenKBP folders hold 128 x 128 x 128 volumes, not {patient.shape}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    ct = np.round(np.asarray(patient.ct, dtype=np.float64), 1)
-    _write_atomic(out / "ct.csv", _sparse_csv(ct, ct > 0))
-    _write_atomic(out / "possible_dose_mask.csv", _sparse_csv(None, patient.possible_dose_mask))
-    for name, mask in patient.structures.items():
-        _write_atomic(out / f"{name}.csv", _sparse_csv(None, mask))
-    if patient.dose_gy is not None:
-        dose = np.round(np.asarray(patient.dose_gy, dtype=np.float64), 3)
-        _write_atomic(out / "dose.csv", _sparse_csv(dose, dose > 0, "{:.3f}"))
-    _write_atomic(out / "voxel_dimensions.csv", "".join(f"{s:.18e}\n" for s in patient.spacing_mm))
-    return out
-
-
 def make_phantom_folder(
     out_dir: str | os.PathLike,
     spacing_mm: tuple[float, float, float] = (3.906, 3.906, 2.5),
     seed: int = 0,
     with_dose: bool = True,
+    overwrite: bool = False,
 ) -> Path:
     """Write a 128^3 phantom (``make_phantom``) as the OpenKBP patient folder ``out_dir``
-    (e.g. ``split/pt_1``; its name becomes the patient id). Returns the folder."""
+    (e.g. ``split/pt_1``; its name becomes the patient id) with ``openkbp.write_patient``
+    (atomic files; InputError when the folder already holds patient files, unless ``overwrite``).
+    Returns the folder."""
+    from .openkbp import write_patient
+
     out = Path(out_dir)
     patient = make_phantom((128, 128, 128), spacing_mm, seed=seed, with_dose=with_dose, patient_id=out.name)
-    return write_openkbp_folder(patient, out)
+    write_patient(patient, out, overwrite=overwrite)
+    return out
