@@ -56,14 +56,8 @@ _INDEX_TOKEN = re.compile(r"\d+")
 _SIGNED_INT_TOKEN = re.compile(r"[+-]?\d+")
 _NUMBER_TOKEN = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _MAX_INDEX_DIGITS = 18  # int64 holds any 18-digit number
+_MAX_VALUE_CHARS = 32  # longer than any float's shortest decimal form (24 characters)
 _MAX_SHOWN = 40  # characters of a bad token quoted in a message
-
-_DIGITS = np.zeros(256, bool)
-_DIGITS[np.frombuffer(b"0123456789", np.uint8)] = True
-_ALLOWED = {
-    "mask": _DIGITS | np.isin(np.arange(256), np.frombuffer(b",\r\n", np.uint8)),
-    "values": _DIGITS | np.isin(np.arange(256), np.frombuffer(b",\r\n.+-eE", np.uint8)),
-}
 
 
 # Folders ---------------------------------------------------------------------------------------
@@ -135,7 +129,7 @@ def read_sparse(
         raise ValueError(f"kind must be 'ct', 'dose' or 'mask', got {kind!r}")
     path = Path(path)
     size = math.prod(shape)
-    body = _body_after_header(path, _read_text(path))
+    body = _body_after_header(path, _read_bytes(path))
     indices, values = _parse_rows(path, body, kind, size)
     _check_indices(path, indices, size)
     if kind == "mask":
@@ -160,7 +154,7 @@ def read_voxel_dimensions(path: str | os.PathLike) -> tuple[float, float, float]
     three, each positive and finite. Raises InputError naming the file (and line) otherwise.
     """
     path = Path(path)
-    text = _read_text(path)
+    text = _read_bytes(path).decode("latin-1")
     tokens = [
         (line_no, token)
         for line_no, line in enumerate(text.splitlines(), start=1)
@@ -178,10 +172,10 @@ def read_voxel_dimensions(path: str | os.PathLike) -> tuple[float, float, float]
     return tuple(float(token) for _, token in tokens)  # type: ignore[return-value]
 
 
-def _read_text(path: Path) -> str:
-    """The file's text; bytes map one-to-one to characters (latin-1) so bad bytes reach the checks."""
+def _read_bytes(path: Path) -> bytes:
+    """The file's content; messages decode it as latin-1 (one character per byte, never fails)."""
     try:
-        return path.read_bytes().decode("latin-1")
+        return path.read_bytes()
     except FileNotFoundError:
         raise InputError(f"{path}: file missing") from None
     except IsADirectoryError:
@@ -190,17 +184,18 @@ def _read_text(path: Path) -> str:
         raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
-def _body_after_header(path: Path, text: str) -> str:
+def _body_after_header(path: Path, text: bytes) -> bytes:
     """The rows after the ``,data`` header line, trailing line breaks removed (may be empty)."""
     if not text:
         raise InputError(f"{path}: empty file, expected the header {HEADER!r}")
-    header, _, body = text.partition("\n")
-    if header.rstrip("\r") != HEADER:
-        raise InputError(f"{path}: line 1: bad header {_show(header.rstrip(chr(13)))}, expected {HEADER!r}")
-    return body.rstrip("\r\n")
+    header, _, body = text.partition(b"\n")
+    header = header.rstrip(b"\r").decode("latin-1")
+    if header != HEADER:
+        raise InputError(f"{path}: line 1: bad header {_show(header)}, expected {HEADER!r}")
+    return body.rstrip(b"\r\n")
 
 
-def _parse_rows(path: Path, body: str, kind: SparseKind, size: int) -> tuple[np.ndarray, np.ndarray | None]:
+def _parse_rows(path: Path, body: bytes, kind: SparseKind, size: int) -> tuple[np.ndarray, np.ndarray | None]:
     """Check the row layout of ``body`` (vectorised) and parse it: (int64 indices, float64 values).
 
     values is None for a mask. Every row must be ``digits,`` (mask) or ``digits,number``; the first
@@ -208,75 +203,78 @@ def _parse_rows(path: Path, body: str, kind: SparseKind, size: int) -> tuple[np.
     """
     if not body:
         return np.zeros(0, np.int64), (None if kind == "mask" else np.zeros(0, np.float64))
-    raw = np.frombuffer(body.encode("latin-1"), np.uint8)
-    bad_line = _first_malformed_line(raw, "mask" if kind == "mask" else "values")
-    if bad_line is not None:
-        _raise_row_error(path, body, bad_line, kind, size)
+    rows = _scan_rows(np.frombuffer(body, np.uint8), kind)
+    if isinstance(rows, int):
+        _raise_row_error(path, body, rows, kind, size)
+    if kind == "mask":
+        return rows, None
     import pandas as pd
 
     try:
-        if kind == "mask":
-            frame = pd.read_csv(io.StringIO(body), header=None, usecols=[0], dtype=np.int64, engine="c")
-            return frame[0].to_numpy(np.int64), None
-        frame = pd.read_csv(
-            io.StringIO(body),
-            header=None,
-            names=["index", "value"],
-            dtype={"index": np.int64, "value": np.float64},
-            engine="c",
-        )
-    except Exception as exc:  # a token that passed the character checks but is no number ("1.2.3")
+        frame = pd.read_csv(io.BytesIO(body), header=None, usecols=[1], dtype=np.float64, engine="c")
+    except Exception as exc:  # a value that passed the character checks but is no number ("1.2.3")
         _raise_first_bad_row(path, body, kind, size, exc)
-    indices = frame["index"].to_numpy(np.int64)
-    values = frame["value"].to_numpy(np.float64)
-    return indices, values
+    return rows, frame[1].to_numpy(np.float64)
 
 
-def _first_malformed_line(raw: np.ndarray, charset: Literal["mask", "values"]) -> int | None:
-    """0-based number (within the body) of the first line that breaks the row layout, or None.
+def _scan_rows(raw: np.ndarray, kind: SparseKind) -> np.ndarray | int:
+    """Check the row layout of a body and read its indices, all vectorised over lines.
 
-    raw: the body's bytes. A row is ``<1..18 digits>,<value>`` with an optional ``\\r`` before the
-    line break; ``<value>`` is empty for masks, else a non-empty run of ``0-9 . + - e E`` whose signs
-    open the value or its exponent. Whether a value is a well-formed number is left to the parser.
+    raw: the body's bytes (rows after the header). A row is ``<1..18 digits>,<value>`` with an
+    optional ``\\r`` before the line break; ``<value>`` is empty for masks, else 1 to
+    ``_MAX_VALUE_CHARS`` characters of ``0-9 . + - e E`` whose signs open the value or its exponent
+    (whether it is a well-formed number is left to the parser).
+    Returns the int64 flat indices, or the 0-based body line number of the first malformed row.
+    Every byte of the body is checked: the index and value fields byte by byte (one gather per
+    character position), the rest are the one comma and the line break of each row.
     """
     n = raw.size
     line_breaks = np.flatnonzero(raw == ord("\n"))
     starts = np.concatenate(([0], line_breaks + 1))
     ends = np.concatenate((line_breaks, [n]))
-    ends = ends - ((ends > starts) & (raw[np.maximum(ends - 1, 0)] == ord("\r")))
-
-    def line_of(positions: np.ndarray) -> list[int]:
-        return np.searchsorted(line_breaks, positions, side="right").tolist()
-
-    bad = line_of(_first_true(~_ALLOWED[charset][raw]))
-    carriage_returns = np.flatnonzero(raw == ord("\r"))
-    stray = carriage_returns[raw[np.minimum(carriage_returns + 1, n - 1)] != ord("\n")]
-    bad += line_of(stray[:1])
+    ends -= (ends > starts) & (raw[np.maximum(ends - 1, 0)] == ord("\r"))
     commas = np.flatnonzero(raw == ord(","))
-    one_per_line = commas.size == starts.size and bool(np.all((commas >= starts) & (commas < ends)))
-    if not one_per_line:
+    if commas.size != starts.size or not np.all((commas >= starts) & (commas < ends)):
         commas_per_line = np.bincount(
             np.searchsorted(line_breaks, commas, side="right"), minlength=starts.size
         )
-        bad += _first_true(commas_per_line != 1).tolist()
-    if bad:
-        return min(bad)
+        return int(_first_true(commas_per_line != 1)[0])
 
     index_length = commas - starts
     value_length = ends - commas - 1
-    bad += _first_true((index_length < 1) | (index_length > _MAX_INDEX_DIGITS)).tolist()
-    bad += _first_true(value_length != 0 if charset == "mask" else value_length < 1).tolist()
-    if charset == "values":
-        # the index field is all digits when the first non-digit byte of every line is its comma
-        # (masks need no such check: their only non-digit bytes are the comma and line breaks)
-        punctuation = np.flatnonzero(~_DIGITS[raw] & (raw != ord("\n")) & (raw != ord("\r")))
-        first_punctuation = punctuation[np.searchsorted(punctuation, starts)]
-        bad += _first_true(first_punctuation != commas).tolist()
-        signs = np.flatnonzero((raw == ord("+")) | (raw == ord("-")))
-        before = raw[np.maximum(signs - 1, 0)]
-        misplaced = signs[(before != ord(",")) & (before != ord("e")) & (before != ord("E"))]
-        bad += line_of(misplaced[:1])
-    return min(bad) if bad else None
+    bad = (index_length < 1) | (index_length > _MAX_INDEX_DIGITS)
+    bad |= (value_length != 0) if kind == "mask" else ((value_length < 1) | (value_length > _MAX_VALUE_CHARS))
+    if bad.any():
+        return int(_first_true(bad)[0])
+
+    indices = np.zeros(starts.size, np.int64)
+    for position in range(int(index_length.max())):  # from the last digit backwards
+        present = index_length > position
+        digit = raw[np.where(present, commas - 1 - position, 0)] - np.uint8(ord("0"))
+        bad |= present & (digit > 9)
+        indices += np.where(present, digit, 0).astype(np.int64) * 10**position
+    if kind != "mask":
+        bad |= _bad_value_characters(raw, commas, value_length)
+    if bad.any():
+        return int(_first_true(bad)[0])
+    return indices
+
+
+def _bad_value_characters(raw: np.ndarray, commas: np.ndarray, value_length: np.ndarray) -> np.ndarray:
+    """Per row: True where the value field holds a byte other than ``0-9 . e E``, or a sign that
+    neither opens the value nor follows an ``e``/``E``."""
+    bad = np.zeros(commas.size, bool)
+    previous_is_exponent = np.ones(commas.size, bool)  # a sign may open the value
+    for position in range(int(value_length.max())):
+        present = value_length > position
+        char = raw[np.where(present, commas + 1 + position, 0)]
+        is_exponent = (char | 0x20) == ord("e")
+        is_sign = (char == ord("+")) | (char == ord("-"))
+        allowed = ((char - np.uint8(ord("0"))) < 10) | (char == ord(".")) | is_exponent
+        allowed |= is_sign & previous_is_exponent
+        bad |= present & ~allowed
+        previous_is_exponent = is_exponent
+    return bad
 
 
 def _first_true(flags: np.ndarray) -> np.ndarray:
@@ -284,16 +282,16 @@ def _first_true(flags: np.ndarray) -> np.ndarray:
     return np.flatnonzero(flags)[:1]
 
 
-def _raise_row_error(path: Path, body: str, body_line: int, kind: SparseKind, size: int) -> None:
+def _raise_row_error(path: Path, body: bytes, body_line: int, kind: SparseKind, size: int) -> None:
     """Raise the InputError for 0-based body line ``body_line`` (file line ``body_line + 2``)."""
-    line = body.split("\n", body_line + 1)[body_line]
+    line = body.split(b"\n", body_line + 1)[body_line].decode("latin-1")
     reason = _diagnose_row(line, kind, size) or "malformed row"
     raise InputError(f"{path}: line {body_line + 2}: {reason}")
 
 
-def _raise_first_bad_row(path: Path, body: str, kind: SparseKind, size: int, exc: Exception) -> None:
+def _raise_first_bad_row(path: Path, body: bytes, kind: SparseKind, size: int, exc: Exception) -> None:
     """Slow path after a parser failure: find the first row that explains it, line by line."""
-    for body_line, line in enumerate(body.split("\n")):
+    for body_line, line in enumerate(body.decode("latin-1").split("\n")):
         reason = _diagnose_row(line, kind, size)
         if reason is not None:
             raise InputError(f"{path}: line {body_line + 2}: {reason}") from None
@@ -311,6 +309,13 @@ def _diagnose_row(line: str, kind: SparseKind, size: int) -> str | None:
         expected = "'index,'" if kind == "mask" else "'index,value'"
         return f"expected 2 comma-separated fields {expected}, found {len(fields)}"
     index_token, value_token = fields
+    if len(index_token) > _MAX_INDEX_DIGITS and _INDEX_TOKEN.fullmatch(index_token):
+        shown = (
+            index_token
+            if len(index_token) <= _MAX_SHOWN
+            else f"{index_token[:20]}... ({len(index_token)} digits)"
+        )
+        return f"index {shown} out of range [0, {size})"
     if not _INDEX_TOKEN.fullmatch(index_token):
         if _SIGNED_INT_TOKEN.fullmatch(index_token):
             return f"index {index_token} out of range [0, {size})"
@@ -326,6 +331,8 @@ def _diagnose_value(token: str, kind: SparseKind) -> str | None:
     """Why a CT or dose value token is invalid; None when it is a valid value."""
     if not token:
         return "missing value"
+    if len(token) > _MAX_VALUE_CHARS:
+        return f"value {_show(token)} is longer than {_MAX_VALUE_CHARS} characters"
     word = token.strip().lower().lstrip("+-")
     if word in ("nan", "na", "null", "none"):
         return f"value {_show(token)} is NaN"
@@ -362,7 +369,7 @@ def _check_indices(path: Path, indices: np.ndarray, size: int) -> None:
     )
 
 
-def _checked_values(path: Path, body: str, values: np.ndarray, kind: SparseKind, size: int) -> np.ndarray:
+def _checked_values(path: Path, body: bytes, values: np.ndarray, kind: SparseKind, size: int) -> np.ndarray:
     """``values`` as float32 after checking they are finite (and >= 0 for a dose)."""
     with np.errstate(over="ignore"):
         values32 = values.astype(np.float32)
