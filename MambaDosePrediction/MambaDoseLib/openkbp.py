@@ -6,9 +6,10 @@ A patient folder ``pt_<N>/`` holds sparse CSV files (header ``,data``, then one 
 in mm, one per line). ``flat_index`` is the C-order index into the 128 x 128 x 128 volume. A missing
 ``<ROI>.csv`` means that ROI was not contoured; ``dose.csv`` is absent for test patients.
 
-Reading is vectorised (byte-level checks with numpy, parsing with pandas' C reader) and strict: any
-malformed file raises :class:`InputError` with a one-line message naming the file and the 1-based
-line number, and nothing is returned. Writing produces the challenge's submission format
+Reading is vectorised (row layout checked and indices parsed per character position with numpy,
+values parsed by pandas' C reader; no loop over rows) and strict: any malformed file raises
+:class:`InputError` with a one-line message naming the file and the 1-based line number, and
+nothing is returned. Writing produces the challenge's submission format
 (``pt_<N>.csv`` with rows ``flat_index,dose`` for voxels with dose > 0) through a temporary file
 and an atomic rename; float32 values are written in their shortest round-trip form, so
 ``read_sparse_dose(write_sparse_dose(x))`` equals ``x`` bit for bit.
@@ -86,7 +87,10 @@ def read_patient(folder: str | os.PathLike, shape: tuple[int, int, int] = VOLUME
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: patient folder does not exist or is not a folder")
-    present = {p.name for p in folder.iterdir()}
+    try:
+        present = {p.name for p in folder.iterdir()}
+    except OSError as exc:
+        raise InputError(f"{folder}: cannot list the folder ({exc.strerror or exc})") from None
     for name in REQUIRED_FILES:
         if name not in present:
             raise InputError(f"{folder / name}: required file missing")
