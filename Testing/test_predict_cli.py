@@ -2,6 +2,9 @@
 
 A tiny randomly initialised model (saved with ``weights.save_model``) stands in for the trained
 weights: these tests check the plumbing (geometry, files, messages), not the dose's quality.
+The two-resolution runs replace the network by an oracle that computes a dose from the
+structures it receives on the model grid, so that comparing them measures the geometry chain
+(resampling in, model grid, resampling out) and not a random network's quirks.
 """
 
 from __future__ import annotations
@@ -51,6 +54,27 @@ def model_path(tmp_path_factory):
     return path
 
 
+def oracle_dose(model, card, patient, **kwargs) -> np.ndarray:
+    """Stand-in for ``inference.predict_patient``: max over PTVs of Rx * exp(-d / 10 mm), d = the
+    distance (mm) outside the PTV on the model grid; 0 outside the possible-dose mask."""
+    from scipy import ndimage
+
+    dose = np.zeros(patient.shape, np.float32)
+    for roi, gy in rois.PRESCRIPTION_GY.items():
+        if roi in patient.structures:
+            d = ndimage.distance_transform_edt(~patient.structures[roi], sampling=patient.spacing_mm)
+            np.maximum(dose, gy * np.exp(-d / 10.0), out=dose)
+    dose[~patient.possible_dose_mask] = 0
+    return dose
+
+
+@pytest.fixture(scope="module")
+def oracle():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("MambaDoseLib.inference.predict_patient", oracle_dose)
+        yield
+
+
 @pytest.fixture(scope="module")
 def phantom_native(tmp_path_factory):
     """The phantom written at its own spacing (3.906 x 3.906 x 2.5 mm)."""
@@ -58,7 +82,7 @@ def phantom_native(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def run_native(phantom_native, model_path, tmp_path_factory):
+def run_native(phantom_native, model_path, tmp_path_factory, oracle):
     ct, structures = phantom_native
     out = tmp_path_factory.mktemp("out") / "result"
     rc = mambadose(
@@ -127,7 +151,9 @@ def test_predict_native_resolution(run_native, phantom_native, capsys):
     assert summary["structures"]["unmatched"] == {}
 
 
-def test_predict_second_resolution_agrees_in_physical_space(run_native, phantom_native, model_path, tmp_path):
+def test_predict_second_resolution_agrees_in_physical_space(
+    run_native, phantom_native, model_path, tmp_path, oracle
+):
     ct, structures = write_phantom_inputs(tmp_path / "fine", shape=PHANTOM_SHAPE, spacing_mm=(2.0, 2.0, 2.0))
     out = tmp_path / "result"
     rc = mambadose(
@@ -150,7 +176,16 @@ def test_predict_second_resolution_agrees_in_physical_space(run_native, phantom_
     on_fine = resample_to(native, fine, "linear")
     body = sitk.GetArrayFromImage(sitk.ReadImage(str(ct))) > -500
     diff = np.abs(on_fine.array - fine.array)[body]
-    assert diff.mean() < 0.05 * fine.array.max()
+    assert fine.array.max() > 60
+    assert diff.mean() < 0.6  # Gy; measured 0.2-0.4 Gy (steep 10 mm fall-off, voxelised PTVs)
+    # the 95 % region of the 70 Gy target sits at the same physical place (centre within 1 mm)
+    centres = [_centre_mm(v, v.array >= 0.95 * 70) for v in (on_fine, fine)]
+    np.testing.assert_allclose(centres[0], centres[1], atol=1.0)
+
+
+def _centre_mm(volume: Volume, mask: np.ndarray) -> np.ndarray:
+    kji = np.argwhere(mask).mean(axis=0)
+    return (volume.grid.index_to_physical() @ np.r_[kji[::-1], 1.0])[:3]
 
 
 def test_api_warnings_off_grid_unmatched_empty(phantom_native, model_path):
