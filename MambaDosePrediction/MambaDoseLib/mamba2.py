@@ -81,11 +81,11 @@ def ssd_reference_recurrence(
     x (b, l, h, p); dt (b, l, h), already positive (after softplus); A (h,), negative;
     B, C (b, l, n) (one group); D (h,). Returns y (b, l, h, p).
     """
-    b, l, h, p = x.shape
+    b, length, h, p = x.shape
     n = B.shape[-1]
     state = x.new_zeros(b, h, p, n)
     ys = []
-    for t in range(l):
+    for t in range(length):
         decay = torch.exp(dt[:, t] * A)  # (b, h)
         inp = (dt[:, t, :, None] * x[:, t])[..., None] * B[:, t, None, None, :]  # (b, h, p, n)
         state = state * decay[..., None, None] + inp
@@ -119,51 +119,53 @@ def ssd_chunked(
     """Chunked SSD scan in pure PyTorch ("SSD minimal"): exact, memory linear in the length.
 
     Within each chunk of ``Q`` steps the output is a masked (Q, Q) quadratic form; chunk-end
-    states are passed between chunks by a small (c+1, c+1) decay matrix. The length is
-    zero-padded at the end to a multiple of ``Q`` (exact: the scan is causal) and cut back.
+    states are passed between chunks by a small (c, c) decay matrix. The length is zero-padded
+    at the end to a multiple of ``Q`` (exact: the scan is causal) and cut back. Tensors stay in
+    the (b, c, Q, h, p) order of the input so that most products are copy-free batched matmuls.
 
     x (b, l, h, p); dt (b, l, h), positive (after softplus); A (h,); B, C (b, l, n); D (h,).
     Computes in the inputs' dtype (call it in float32 or float64). Returns y (b, l, h, p).
     """
-    b, l, h, p = x.shape
+    b, length, h, p = x.shape
     n = B.shape[-1]
-    Q = min(chunk_size, l)
-    pad = (-l) % Q
+    Q = min(chunk_size, length)
+    pad = (-length) % Q
     if pad:
         x = F.pad(x, (0, 0, 0, 0, 0, pad))
         dt = F.pad(dt, (0, 0, 0, pad))
         B = F.pad(B, (0, 0, 0, pad))
         C = F.pad(C, (0, 0, 0, pad))
-    c = (l + pad) // Q
-    x_dt = (x * dt[..., None]).view(b, c, Q, h, p).permute(0, 1, 3, 2, 4)  # (b, c, h, Q, p)
+    c = (length + pad) // Q
     B = B.view(b, c, Q, n)
     C = C.view(b, c, Q, n)
-    a_cum = (dt * A).view(b, c, Q, h).transpose(2, 3).cumsum(dim=-1)  # (b, c, h, Q)
+    dt = dt.view(b, c, Q, h)
+    x_dt = x.view(b, c, Q, h, p) * dt[..., None]  # (b, c, Q, h, p)
+    a_cum = (dt * A).cumsum(dim=2)  # (b, c, Q, h): log-decay from the chunk start, <= 0
+    a_end = a_cum[:, :, -1]  # (b, c, h)
 
-    # 1. intra-chunk (diagonal blocks): y_i = sum_{j<=i} (C_i . B_j) exp(a_i - a_j) dt_j x_j
-    causal = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()
-    decay_in = (
-        (a_cum[..., :, None] - a_cum[..., None, :]).masked_fill(~causal, -math.inf).exp()
-    )  # (b,c,h,Q,Q)
-    scores = (C @ B.transpose(-1, -2))[:, :, None] * decay_in  # (b, c, h, Q, Q)
-    y = scores @ x_dt  # (b, c, h, Q, p)
+    # 1. intra-chunk: y_i = sum_{j<=i} (C_i . B_j) exp(a_i - a_j) dt_j x_j, one (Q, Q) per head.
+    #    exp(a_i - a_j) is clamped to <= 0 in the exponent so the masked (j > i) half stays finite.
+    cb = (C @ B.transpose(-1, -2)).tril()  # (b, c, Q, Q), shared by the heads
+    a_h = a_cum.transpose(2, 3)  # (b, c, h, Q)
+    decay = (a_h[..., :, None] - a_h[..., None, :]).clamp(max=0.0).exp()  # (b, c, h, Q, Q)
+    y = (decay * cb[:, :, None]) @ x_dt.transpose(2, 3)  # (b, c, h, Q, p)
 
-    # 2. state at the end of each chunk from its own inputs
-    decay_to_end = (a_cum[..., -1:] - a_cum).exp()  # (b, c, h, Q)
-    states = (x_dt * decay_to_end[..., None]).transpose(-1, -2) @ B[:, :, None]  # (b, c, h, p, n)
+    # 2. each chunk's own end state: sum_j exp(a_end - a_j) dt_j x_j B_j^T
+    x_end = x_dt * (a_end[:, :, None] - a_cum).exp()[..., None]  # (b, c, Q, h, p)
+    states = x_end.view(b, c, Q, h * p).transpose(-1, -2) @ B  # (b, c, h*p, n)
 
-    # 3. pass states between chunks: entering[z] = sum_{k<z} exp(a_end[k+1..z-1]) states[k];
-    #    shifted by one chunk (a zero state in front) this is a (c, c) segment-sum product
-    a_end_prev = F.pad(a_cum[:, :-1, :, -1], (0, 0, 1, 0))  # (b, c, h): [0, a_end[0..c-2]]
-    states_prev = F.pad(states[:, :-1], (0, 0, 0, 0, 0, 0, 1, 0))  # (b, c, h, p, n)
-    decay_chunks = _segsum_exp(a_end_prev.transpose(1, 2))  # (b, h, c, c)
-    entering = torch.einsum("bhzk,bkhpn->bzhpn", decay_chunks, states_prev)  # (b, c, h, p, n)
+    # 3. state entering chunk z: sum_{k<z} exp(a_end[k+1] + ... + a_end[z-1]) states[k]; shifted
+    #    by one chunk (a zero state in front) this is a (c, c) segment-sum product per head.
+    a_prev = F.pad(a_end[:, :-1], (0, 0, 1, 0))  # (b, c, h): [0, a_end[0..c-2]]
+    states_prev = F.pad(states[:, :-1], (0, 0, 0, 0, 1, 0)).view(b, c, h, p * n)
+    decay_chunks = _segsum_exp(a_prev.transpose(1, 2))  # (b, h, c, c)
+    entering = torch.einsum("bhzk,bkhm->bzhm", decay_chunks, states_prev)  # (b, c, h, p*n)
 
-    # 4. contribution of the entering state to each position of the chunk
-    y = y + (C[:, :, None] @ entering.transpose(-1, -2)) * a_cum.exp()[..., None]  # (b, c, h, Q, p)
-
-    y = y.permute(0, 1, 3, 2, 4).reshape(b, c * Q, h, p)[:, :l]
-    return y + x[:, :l] * D[:, None]
+    # 4. the entering state read out at each position: exp(a_i) C_i . state
+    y_off = C @ entering.reshape(b, c, h * p, n).transpose(-1, -2)  # (b, c, Q, h*p)
+    y_off = y_off.view(b, c, Q, h, p) * a_cum.exp()[..., None]
+    y = (y_off + y.transpose(2, 3)).view(b, c * Q, h, p)[:, :length]
+    return y + x[:, :length] * D[:, None]
 
 
 # --------------------------------------------------------------------------------------------
@@ -259,12 +261,12 @@ class Mamba2(nn.Module):
         Each position's projections are per token, so a caller may permute the sequence of
         ``zxbcdt`` (scan directions) and undo the permutation on ``y``.
         """
-        b, l, _ = zxbcdt.shape
+        b, length, _ = zxbcdt.shape
         z, xBC, dt = torch.split(zxbcdt, [self.d_inner, self.d_inner + 2 * self.d_state, self.nheads], dim=-1)
-        xBC = F.silu(self.conv1d(xBC.transpose(1, 2))[..., :l].transpose(1, 2))  # (b, l, conv_dim)
+        xBC = F.silu(self.conv1d(xBC.transpose(1, 2))[..., :length].transpose(1, 2))  # (b, l, conv_dim)
         x, B, C = torch.split(xBC, [self.d_inner, self.d_state, self.d_state], dim=-1)
-        y = self.scan(x.reshape(b, l, self.nheads, self.headdim), dt, B, C)  # (b, l, h, p)
-        return self.norm(y.reshape(b, l, self.d_inner), z)
+        y = self.scan(x.reshape(b, length, self.nheads, self.headdim), dt, B, C)  # (b, l, h, p)
+        return self.norm(y.reshape(b, length, self.d_inner), z)
 
     def scan(self, x: torch.Tensor, dt: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
         """SSD scan with ``dt = softplus(dt + dt_bias)``, ``A = -exp(A_log)`` and skip ``D``.

@@ -212,16 +212,29 @@ class ConvBlock(nn.Sequential):
         )
 
 
+class Block(nn.Module):
+    """ConvBlock(c_in -> c_out), then MixerResidual if ``mixer``; (B, c_in, H, W) -> (B, c_out, H, W)."""
+
+    def __init__(self, c_in: int, c_out: int, cfg: MambaUNetConfig, mixer: bool) -> None:
+        super().__init__()
+        self.conv = ConvBlock(c_in, c_out)
+        self.mix = MixerResidual(c_out, cfg) if mixer else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        return x if self.mix is None else self.mix(x)
+
+
 def make_stage(
     c_in: int, c_out: int, n_blocks: int, cfg: MambaUNetConfig, mixer: bool, mixer_every: bool
 ) -> nn.Sequential:
-    """``n_blocks`` ConvBlocks; a MixerResidual after the last (or after each if ``mixer_every``)."""
-    layers: list[nn.Module] = []
-    for i in range(n_blocks):
-        layers.append(ConvBlock(c_in if i == 0 else c_out, c_out))
-        if mixer and (mixer_every or i == n_blocks - 1):
-            layers.append(MixerResidual(c_out, cfg))
-    return nn.Sequential(*layers)
+    """``n_blocks`` Blocks; the last (or each, if ``mixer_every``) carries a mixer when ``mixer``."""
+    return nn.Sequential(
+        *(
+            Block(c_in if i == 0 else c_out, c_out, cfg, mixer and (mixer_every or i == n_blocks - 1))
+            for i in range(n_blocks)
+        )
+    )
 
 
 class Upsample(nn.Module):

@@ -1,0 +1,195 @@
+"""Model weights on disk: a safetensors file plus a JSON model card beside it.
+
+``MambaUNetV2_OpenKBP.safetensors`` holds every tensor of the state_dict (BatchNorm running
+statistics included); ``MambaUNetV2_OpenKBP.json`` says what they are::
+
+    {"format": "mambadose-model/1", "architecture": "MambaUNetV2",
+     "config": MambaUNetConfig.to_dict(), "channels": [feature channel names, in order],
+     "normalisation": {...}, "training": {...},
+     "tensors": {name: shape}, "sha256": hex digest of the safetensors file}
+
+Loading checks the card against the file and refuses any mismatch with a WeightsError naming the
+file and the problem. Weights are never unpickled (no ``torch.load``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import WeightsError
+from .model import MambaUNetConfig, MambaUNetV2, set_backend
+
+CARD_FORMAT = "mambadose-model/1"
+ARCHITECTURE = "MambaUNetV2"
+DEFAULT_MODEL_NAME = "MambaUNetV2_OpenKBP.safetensors"
+MODEL_ENV = "MAMBADOSE_MODEL"
+
+
+def card_path(path: str | os.PathLike) -> Path:
+    """The model card beside a weights file: same name, ``.json`` suffix."""
+    return Path(path).with_suffix(".json")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it into place."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_model(path: str | os.PathLike, model: MambaUNetV2, card: dict) -> dict:
+    """Write ``model``'s state_dict to ``path`` (safetensors) and its card to ``path.with_suffix('.json')``.
+
+    ``card`` supplies "channels" (feature channel names, one per input channel), and usually
+    "normalisation" and "training"; "format", "architecture", "config", "tensors" and "sha256"
+    are filled in here. Both files are written atomically. Returns the full card.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    config: MambaUNetConfig = model.config
+    channels = list(card.get("channels", []))
+    if len(channels) != config.in_channels:
+        raise WeightsError(
+            f"{path}: card lists {len(channels)} channels but the model takes in_channels={config.in_channels}"
+        )
+    tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format": CARD_FORMAT}))
+    full = dict(card)
+    full.update(
+        format=CARD_FORMAT,
+        architecture=ARCHITECTURE,
+        config=config.to_dict(),
+        channels=channels,
+        tensors={name: list(t.shape) for name, t in tensors.items()},
+        sha256=file_sha256(path),
+    )
+    full.setdefault("normalisation", {})
+    full.setdefault("training", {})
+    text = json.dumps(full, indent=2) + "\n"
+    _atomic_write(card_path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return full
+
+
+def read_card(path: str | os.PathLike) -> dict:
+    """The model card of weights file ``path``, checked for its format; raises WeightsError."""
+    path = Path(path)
+    card_file = card_path(path)
+    if not card_file.is_file():
+        raise WeightsError(f"{path}: model card {card_file.name} not found beside the weights")
+    try:
+        card = json.loads(card_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WeightsError(f"{card_file}: unreadable model card ({exc})") from exc
+    if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
+        raise WeightsError(f"{card_file}: not a {CARD_FORMAT} model card")
+    if card.get("architecture") != ARCHITECTURE:
+        raise WeightsError(
+            f"{card_file}: architecture {card.get('architecture')!r}, expected {ARCHITECTURE!r}"
+        )
+    for key in ("config", "channels", "tensors", "sha256"):
+        if key not in card:
+            raise WeightsError(f"{card_file}: model card has no {key!r}")
+    return card
+
+
+def _check_tensors(path: Path, tensors: dict[str, torch.Tensor], card: dict, model: nn.Module) -> None:
+    """Card, file and model must list the same tensor names with the same shapes."""
+    in_file = {name: list(t.shape) for name, t in tensors.items()}
+    in_card = {name: list(shape) for name, shape in card["tensors"].items()}
+    in_model = {name: list(t.shape) for name, t in model.state_dict().items()}
+    for label, other in (("model card", in_card), ("model built from the card's config", in_model)):
+        if in_file != other:
+            missing = sorted(set(other) - set(in_file))[:3]
+            extra = sorted(set(in_file) - set(other))[:3]
+            shapes = sorted(k for k in set(in_file) & set(other) if in_file[k] != other[k])[:3]
+            raise WeightsError(
+                f"{path}: tensors do not match the {label} (missing {missing}, unexpected {extra}, "
+                f"different shapes {shapes})"
+            )
+
+
+def load_model(
+    path: str | os.PathLike, device: str | torch.device = "cpu", backend: str = "auto"
+) -> tuple[MambaUNetV2, dict]:
+    """Load weights and card written by save_model; returns (model in eval mode on ``device``, card).
+
+    Checks: card present and well-formed, file SHA-256 equals the card's, file readable as
+    safetensors, tensor names/shapes equal in card, file and model, ``in_channels ==
+    len(channels)``; loads with ``strict=True``. ``backend`` sets the Mamba-2 scan. Any failure
+    raises WeightsError naming the file and the problem.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: weights file not found")
+    card = read_card(path)
+    digest = file_sha256(path)
+    if digest != card["sha256"]:
+        raise WeightsError(
+            f"{path}: SHA-256 {digest[:12]}... differs from the model card's {str(card['sha256'])[:12]}... "
+            "(file corrupted or card from another model)"
+        )
+    try:
+        config = MambaUNetConfig.from_dict({**card["config"], "backend": backend})
+    except (TypeError, ValueError) as exc:
+        raise WeightsError(f"{card_path(path)}: invalid config in the model card ({exc})") from exc
+    if config.in_channels != len(card["channels"]):
+        raise WeightsError(
+            f"{card_path(path)}: config in_channels={config.in_channels} but {len(card['channels'])} channels listed"
+        )
+    try:
+        tensors = load_file(path, device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from exc
+    model = MambaUNetV2(config)
+    _check_tensors(path, tensors, card, model)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise WeightsError(f"{path}: state_dict does not load ({exc})") from exc
+    set_backend(model, backend)
+    return model.to(device).eval(), card
+
+
+def default_model_path() -> Path:
+    """The shipped weights: ``$MAMBADOSE_MODEL`` if set, else Resources/Models/MambaUNetV2_OpenKBP.safetensors.
+
+    Raises WeightsError when the file is not there.
+    """
+    env = os.environ.get(MODEL_ENV)
+    if env:
+        path = Path(env).expanduser()
+        if not path.is_file():
+            raise WeightsError(f"{path}: weights file named by ${MODEL_ENV} not found")
+        return path
+    path = Path(__file__).resolve().parents[2] / "Resources" / "Models" / DEFAULT_MODEL_NAME
+    if not path.is_file():
+        raise WeightsError(
+            f"{path}: no shipped model weights; train one (mambadose train) or set ${MODEL_ENV} to a .safetensors file"
+        )
+    return path

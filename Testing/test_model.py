@@ -1,0 +1,147 @@
+"""MambaUNetV2 and its baselines: config, shapes, gradients, autocast, memory layout, checkpointing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from MambaDoseLib.mamba2 import Mamba2
+from MambaDoseLib.model import (
+    MambaUNetConfig,
+    MambaUNetV2,
+    count_parameters,
+    no_weight_decay_names,
+    set_backend,
+)
+
+SMALL = dict(channels=(8, 16, 16, 32), d_state=8, headdim=8, chunk_size=16, attention_heads=2)
+
+
+def small_config(**overrides) -> MambaUNetConfig:
+    return MambaUNetConfig(in_channels=5, **{**SMALL, **overrides})
+
+
+def test_config_round_trip_and_validation() -> None:
+    cfg = small_config(mixer="attention", scan_directions=4, downsample="maxpool", skip="add")
+    d = cfg.to_dict()
+    assert d["channels"] == [8, 16, 16, 32]
+    assert MambaUNetConfig.from_dict(d) == cfg
+    bad = [
+        dict(mixer="lstm"),
+        dict(scan_directions=3),
+        dict(downsample="stride"),
+        dict(skip="mul"),
+        dict(backend="cuda"),
+        dict(mixer_min_level=4),
+        dict(mixer_min_level=-1),
+        dict(headdim=12),  # 2*16 not a multiple of 12
+        dict(mixer="attention", attention_heads=3),
+        dict(channels=(8,)),
+        dict(chunk_size=0),
+    ]
+    for overrides in bad:
+        with pytest.raises(ValueError):
+            small_config(**overrides)
+    with pytest.raises(ValueError, match="unknown keys"):
+        MambaUNetConfig.from_dict({**d, "depth": 3})
+
+
+def test_default_config_puts_mamba_at_32x32_and_bottleneck() -> None:
+    cfg = MambaUNetConfig(in_channels=20)
+    assert cfg.channels == (32, 64, 128, 256) and cfg.mixer == "mamba2"
+    assert [cfg.has_mixer(level) for level in range(4)] == [False, False, True, True]
+    model = MambaUNetV2(cfg)
+    mamba_widths = sorted(m.d_model for m in model.modules() if isinstance(m, Mamba2))
+    assert mamba_widths == [128, 128, 256, 256]  # encoder + decoder level 2, two in the bottleneck
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(mixer="mamba2", scan_directions=1),
+        dict(mixer="mamba2", scan_directions=2, mixer_min_level=0, downsample="maxpool"),
+        dict(mixer="mamba2", scan_directions=4, skip="add"),
+        dict(mixer="attention"),
+        dict(mixer="none"),
+    ],
+)
+@pytest.mark.parametrize("hw", [(16, 16), (24, 40)])
+def test_output_shape_for_any_size_divisible_by_8(overrides: dict, hw: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    model = MambaUNetV2(small_config(**overrides)).eval()
+    with torch.no_grad():
+        y = model(torch.randn(2, 5, *hw))
+    assert y.shape == (2, 1, *hw) and y.dtype == torch.float32 and torch.isfinite(y).all()
+
+
+def test_rejects_wrong_channels_or_size() -> None:
+    model = MambaUNetV2(small_config()).eval()
+    with pytest.raises(ValueError, match="divisible by 8"):
+        model(torch.randn(1, 5, 20, 16))
+    with pytest.raises(ValueError, match="5 channels"):
+        model(torch.randn(1, 4, 16, 16))
+
+
+@pytest.mark.parametrize("mixer", ["mamba2", "attention", "none"])
+def test_gradients_reach_every_parameter(mixer: str) -> None:
+    torch.manual_seed(1)
+    model = MambaUNetV2(small_config(mixer=mixer, scan_directions=2)).train()
+    model(torch.randn(2, 5, 16, 16)).square().mean().backward()
+    params = dict(model.named_parameters())
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in params.values())
+    nonzero = sum(bool(p.grad.abs().sum() > 0) for p in params.values())
+    assert nonzero >= 0.9 * len(params)
+
+
+def test_channels_last_and_bf16_autocast_on_cpu() -> None:
+    torch.manual_seed(2)
+    model = MambaUNetV2(small_config(scan_directions=2)).eval()
+    x = torch.randn(2, 5, 16, 24)
+    with torch.no_grad():
+        y = model(x)
+        model_cl = model.to(memory_format=torch.channels_last)
+        y_cl = model_cl(x.to(memory_format=torch.channels_last))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y_bf16 = model_cl(x.to(memory_format=torch.channels_last))
+    torch.testing.assert_close(y_cl, y, rtol=1e-4, atol=1e-5)
+    assert y_bf16.dtype == torch.float32 and torch.isfinite(y_bf16).all()
+    assert ((y_bf16 - y).norm() / y.norm()) < 0.1
+
+
+def test_bf16_autocast_training_step() -> None:
+    torch.manual_seed(3)
+    model = MambaUNetV2(small_config(mixer_min_level=1)).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = model(torch.randn(2, 5, 16, 16))
+    torch.nn.functional.smooth_l1_loss(y, torch.zeros_like(y)).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_gradient_checkpointing_gives_the_same_gradients() -> None:
+    torch.manual_seed(4)
+    plain = MambaUNetV2(small_config()).train()
+    ckpt = MambaUNetV2(small_config(grad_checkpoint=True)).train()
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 5, 16, 16)
+    plain(x).sum().backward()
+    ckpt(x).sum().backward()
+    for (name, p), q in zip(plain.named_parameters(), ckpt.parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
+    for (name, b), c in zip(plain.named_buffers(), ckpt.buffers(), strict=True):
+        torch.testing.assert_close(c, b, msg=name)  # BatchNorm statistics updated once
+
+
+def test_set_backend_and_helpers() -> None:
+    model = MambaUNetV2(small_config())
+    set_backend(model, "torch")
+    assert model.config.backend == "torch"
+    assert all(m.backend == "torch" for m in model.modules() if isinstance(m, Mamba2))
+    no_decay = no_weight_decay_names(model)
+    assert any(name.endswith("A_log") for name in no_decay)
+    assert not any(name.endswith("in_proj.weight") for name in no_decay)
+    assert count_parameters(model) == sum(p.numel() for p in model.parameters())
+
+
+def test_variants_share_the_unet_parameters() -> None:
+    """The 'none' baseline is the same network minus the mixers (same conv parameter names)."""
+    names = {m: set(MambaUNetV2(small_config(mixer=m)).state_dict()) for m in ("mamba2", "attention", "none")}
+    assert names["none"] < names["mamba2"] and names["none"] < names["attention"]

@@ -1,0 +1,148 @@
+"""Weights on disk: safetensors + model card round trip, and clean refusals of bad files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from MambaDoseLib.errors import WeightsError
+from MambaDoseLib.model import MambaUNetConfig, MambaUNetV2
+from MambaDoseLib.weights import card_path, default_model_path, load_model, save_model
+
+CHANNELS = ["ct", "ptv_map", "possible_dose_mask"]
+
+
+def _trained_like_model(seed: int = 0, **overrides) -> MambaUNetV2:
+    torch.manual_seed(seed)
+    cfg = MambaUNetConfig(
+        in_channels=3, channels=(8, 16, 16, 32), d_state=8, headdim=8, chunk_size=16, **overrides
+    )
+    model = MambaUNetV2(cfg)
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(4, 3, 16, 16))  # moves the BatchNorm running statistics off their init
+    return model.eval()
+
+
+def _card() -> dict:
+    return {"channels": CHANNELS, "normalisation": {"ct": [0, 2500]}, "training": {"epochs": 1}}
+
+
+@pytest.fixture()
+def saved(tmp_path: Path) -> tuple[Path, MambaUNetV2]:
+    model = _trained_like_model()
+    path = tmp_path / "model.safetensors"
+    save_model(path, model, _card())
+    return path, model
+
+
+def test_round_trip_gives_equal_outputs_and_full_card(saved) -> None:
+    path, model = saved
+    loaded, card = load_model(path)
+    assert card["format"] == "mambadose-model/1" and card["architecture"] == "MambaUNetV2"
+    assert card["channels"] == CHANNELS and card["training"] == {"epochs": 1}
+    assert MambaUNetConfig.from_dict(card["config"]) == model.config
+    assert set(card["tensors"]) == set(model.state_dict())
+    assert any(name.endswith("running_var") for name in card["tensors"])
+    assert not loaded.training
+    x = torch.randn(2, 3, 16, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    assert not list(path.parent.glob("*.tmp"))  # atomic writes leave no temporary files
+
+
+def test_save_refuses_channel_count_mismatch(tmp_path: Path) -> None:
+    with pytest.raises(WeightsError, match="in_channels=3"):
+        save_model(tmp_path / "m.safetensors", _trained_like_model(), {"channels": ["ct"]})
+
+
+def test_missing_weights_or_card(saved, tmp_path: Path) -> None:
+    path, _ = saved
+    with pytest.raises(WeightsError, match="not found"):
+        load_model(tmp_path / "absent.safetensors")
+    card_path(path).unlink()
+    with pytest.raises(WeightsError, match="model card"):
+        load_model(path)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_corrupted_file_fails_cleanly(saved, damage: str) -> None:
+    path, _ = saved
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"\x00garbage" * 100)
+    with pytest.raises(WeightsError, match=str(path.name)):
+        load_model(path)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_corrupted_file_with_a_matching_sha_fails_cleanly(saved, damage: str) -> None:
+    """Even when the card's digest was (wrongly) made from the damaged file, loading refuses it."""
+    path, _ = saved
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"\xff" * 64)
+    from MambaDoseLib.weights import file_sha256
+
+    card = json.loads(card_path(path).read_text())
+    card["sha256"] = file_sha256(path)
+    card_path(path).write_text(json.dumps(card))
+    with pytest.raises(WeightsError, match="safetensors"):
+        load_model(path)
+
+
+def test_card_with_another_sha_or_config_is_refused(saved) -> None:
+    path, _ = saved
+    original = json.loads(card_path(path).read_text())
+
+    card = dict(original, sha256="0" * 64)
+    card_path(path).write_text(json.dumps(card))
+    with pytest.raises(WeightsError, match="SHA-256"):
+        load_model(path)
+
+    card = dict(original, config=dict(original["config"], channels=[8, 16, 32, 32]))
+    card_path(path).write_text(json.dumps(card))
+    with pytest.raises(WeightsError, match="do not match"):
+        load_model(path)
+
+    card = dict(original, config=dict(original["config"], in_channels=4))
+    card_path(path).write_text(json.dumps(card))
+    with pytest.raises(WeightsError, match="in_channels=4"):
+        load_model(path)
+
+    card = dict(original, config=dict(original["config"], mixer="rnn"))
+    card_path(path).write_text(json.dumps(card))
+    with pytest.raises(WeightsError, match="invalid config"):
+        load_model(path)
+
+    card_path(path).write_text("{not json")
+    with pytest.raises(WeightsError, match="unreadable"):
+        load_model(path)
+
+
+def test_weights_of_another_variant_are_refused(saved, tmp_path: Path) -> None:
+    path, _ = saved
+    other = tmp_path / "other.safetensors"
+    save_model(other, _trained_like_model(mixer="attention", attention_heads=2), _card())
+    card = json.loads(card_path(path).read_text())
+    card["sha256"] = json.loads(card_path(other).read_text())["sha256"]
+    card_path(path).write_text(json.dumps(card))
+    path.write_bytes(other.read_bytes())  # attention weights under a mamba2 card
+    with pytest.raises(WeightsError, match="do not match"):
+        load_model(path)
+
+
+def test_default_model_path(monkeypatch, saved, tmp_path: Path) -> None:
+    path, _ = saved
+    monkeypatch.setenv("MAMBADOSE_MODEL", str(path))
+    assert default_model_path() == path
+    monkeypatch.setenv("MAMBADOSE_MODEL", str(tmp_path / "nope.safetensors"))
+    with pytest.raises(WeightsError, match="MAMBADOSE_MODEL"):
+        default_model_path()
+    monkeypatch.delenv("MAMBADOSE_MODEL")
+    shipped = Path(__file__).resolve().parents[1] / "Resources" / "Models" / "MambaUNetV2_OpenKBP.safetensors"
+    if shipped.is_file():
+        assert default_model_path() == shipped
+    else:
+        with pytest.raises(WeightsError, match="no shipped model weights"):
+            default_model_path()
