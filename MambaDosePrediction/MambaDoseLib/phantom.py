@@ -213,8 +213,8 @@ def make_phantom(
     rng = np.random.default_rng(seed)
     body = _body(frame)
     structures = {name: mask & body for name, mask in _structures(frame, rng).items()}
-    structures = {name: mask for name, mask in structures.items() if mask.any()}
     ct = _ct(frame, body, structures, rng)
+    structures = {name: mask for name, mask in structures.items() if mask.any()}
     dose = _dose(structures, body, spacing_mm) if with_dose else None
     return Patient(
         patient_id=patient_id,
