@@ -50,7 +50,7 @@ def _config(out, **kw) -> TrainConfig:
         mixer="none",
         model_channels=TINY,
         batch_size=8,
-        epochs=3,
+        epochs=2,
         lr=3e-3,
         warmup_epochs=1,
         workers=0,
@@ -183,45 +183,41 @@ def test_slice_set_keeps_dose_slices_and_reuses_feature_cache(phantoms, tmp_path
 
 
 def test_train_resume_after_time_limit_matches_uninterrupted_run(phantoms, tmp_path):
+    from MambaDoseLib.weights import load_model
+
     train, val = phantoms
-    full = run_training(_config(tmp_path / "full"), train, val)
-    assert full["status"] == "completed" and full["epochs"] == 3
+    out = tmp_path / "full"
+    full = run_training(_config(out), train, val)
+    assert full["status"] == "completed" and full["epochs"] == 2
     losses = [h["train_loss"] for h in full["history"]]
     assert losses[-1] < losses[0]
-    out = tmp_path / "full"
     for name in (LAST, BEST, MODEL_BEST, "model_best.json", "history.csv", "curves.png", "train.log"):
         assert (out / name).is_file(), name
     with open(out / "history.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert all(math.isfinite(float(r["val_dose_score"])) for r in rows)
+
+    model, card = load_model(out / MODEL_BEST)
+    assert card["channels"] == list(channels_for_preset("2d"))
+    assert card["training"]["best_epoch"] == full["best_epoch"] and card["training"]["train_patients"] == 3
+    assert math.isfinite(card["training"]["validation"]["val_dose_score"])
+    assert model(torch.zeros(1, 20, 32, 32)).shape == (1, 1, 32, 32)
 
     part = tmp_path / "part"
     first = run_training(_config(part, time_limit_s=1e-3), train, val)  # stops after epoch 1
     assert first["status"] == "time_limit" and first["epochs"] == 1
-    assert "resume with --resume" in (part / "train.log").read_text()
+    assert "stopped at time limit, resume with --resume" in (part / "train.log").read_text()
     with pytest.raises(InputError):
         run_training(_config(part), train, val)  # an existing run needs --resume
     ckpt = torch.load(part / LAST, weights_only=True)
     assert ckpt["state"]["epoch"] == 1 and ckpt["optimizer"]["state"]
     resumed = run_training(_config(part, resume=True), train, val)
-    assert resumed["status"] == "completed" and resumed["epochs"] == 3
+    assert resumed["status"] == "completed" and resumed["epochs"] == 2
     assert [h["train_loss"] for h in resumed["history"]] == losses
     a = torch.load(out / LAST, weights_only=True)["model"]
     b = torch.load(part / LAST, weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
-
-
-def test_model_card_and_weights_load(phantoms, tmp_path):
-    from MambaDoseLib.weights import load_model
-
-    train, val = phantoms
-    run_training(_config(tmp_path, epochs=1, slices_per_epoch=8), train, val)
-    model, card = load_model(tmp_path / MODEL_BEST)
-    assert card["channels"] == list(channels_for_preset("2d"))
-    assert card["training"]["best_epoch"] == 1 and card["training"]["train_patients"] == 3
-    assert math.isfinite(card["training"]["validation"]["val_dose_score"])
-    assert model(torch.zeros(1, 20, 32, 32)).shape == (1, 1, 32, 32)
 
 
 def test_mamba2_torch_backend_trains(phantoms, tmp_path):
@@ -240,3 +236,71 @@ def test_mamba2_torch_backend_trains(phantoms, tmp_path):
     result = run_training(cfg, train, val)
     assert result["epochs"] == 1 and math.isfinite(result["history"][0]["train_loss"])
     assert (tmp_path / LAST).is_file()
+
+
+def _write_cache(cache_dir, patients) -> None:
+    """A cache folder of in-memory (small) patients, in the format ``cache.load_all`` reads."""
+    import json
+
+    from MambaDoseTrainingLib import cache
+
+    cache_dir.mkdir(parents=True)
+    for p in patients:
+        cache.patient_file(cache_dir, p.patient_id).write_bytes(cache.encode_patient(p))
+    index = {
+        "format": cache.FORMAT_NAME,
+        "format_version": cache.FORMAT_VERSION,
+        "patients": [{"id": p.patient_id} for p in patients],
+    }
+    (cache_dir / cache.INDEX_FILE).write_text(json.dumps(index))
+
+
+def test_cli_trains_from_cache_folders(phantoms, tmp_path):
+    import subprocess
+    import sys
+
+    train, val = phantoms
+    _write_cache(tmp_path / "train", train)
+    _write_cache(tmp_path / "val", val)
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "MambaDoseLib.cli",
+        "train",
+        "--train-cache",
+        str(tmp_path / "train"),
+        "--val-cache",
+        str(tmp_path / "val"),
+        "--out",
+        str(out),
+        "--mixer",
+        "none",
+        "--model-channels",
+        "8,16,32,64",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "2",
+        "--slices-per-epoch",
+        "8",
+        "--workers",
+        "2",
+        "--feature-cache",
+        str(tmp_path / "features"),
+        "--max-val-patients",
+        "1",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--time-limit",
+        "0.001",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "stopped at time limit, resume with --resume" in done.stderr
+    assert (out / LAST).is_file() and (out / MODEL_BEST).is_file()
+    again = subprocess.run([*cmd[:-2], "--resume"], capture_output=True, text=True, timeout=240)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "already built" in again.stderr  # features reused from --feature-cache
+    assert torch.load(out / LAST, weights_only=True)["state"]["epoch"] == 2

@@ -59,6 +59,8 @@ CHECKPOINT_FORMAT = 1
 LAST = "checkpoint_last.pt"
 BEST = "checkpoint_best.pt"
 MODEL_BEST = "model_best.safetensors"
+#: Seconds kept free under --time-limit for the end of a call (curves, model export, exit).
+END_RESERVE_S = 10.0
 HISTORY_COLUMNS = (
     "epoch",
     "train_loss",
@@ -842,7 +844,7 @@ def _train(
     while state.epoch < cfg.epochs:
         if rt.is_main and cfg.time_limit_s is not None and epoch_times:
             elapsed = time.monotonic() - t_start
-            if elapsed + 1.1 * max(epoch_times[-(cfg.val_every + 1) :]) > cfg.time_limit_s:
+            if elapsed + 1.1 * max(epoch_times[-(cfg.val_every + 1) :]) + END_RESERVE_S > cfg.time_limit_s:
                 status = "time_limit"
         if state.epochs_since_best >= cfg.patience and state.best_epoch > 0:
             status = "early_stopped"
@@ -895,7 +897,8 @@ def _train(
             state.wall_s += epoch_s
             _write_checkpoint(out, raw_model, optimizer, scheduler, state, cfg, model_config_dict)
             write_history_csv(state.history, out / "history.csv")
-            plot_curves(state.history, out / "curves.png")
+            if state.epoch % 10 == 0:  # and at the end of the call (matplotlib takes ~1 s)
+                plot_curves(state.history, out / "curves.png")
             log.info(
                 "epoch %d/%d loss %.5f val dose %s DVH %s lr %.2e %.0f slices/s %.1f s",
                 state.epoch,
@@ -914,7 +917,7 @@ def _train(
     if rt.is_main:
         if status == "time_limit":
             log.info(
-                "stopped at time limit after epoch %d of %d (%.0f s), resume with --resume",
+                "stopped at time limit, resume with --resume (%d of %d epochs done, %.0f s in this call)",
                 state.epoch,
                 cfg.epochs,
                 time.monotonic() - t_start,
@@ -926,6 +929,8 @@ def _train(
                 state.best_score,
                 state.best_epoch,
             )
+        if state.history:
+            plot_curves(state.history, out / "curves.png")
         if (out / BEST).exists():
             export_best_model(out, data, cfg, state, status, rt, model_config)
     return {
@@ -1064,7 +1069,7 @@ def export_best_model(
             "wall_time_s": round(state.wall_s, 1),
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "world_size": rt.world_size,
-            "validation": dict(state.best_metrics),
+            "validation": {k: (v if _finite(v) else None) for k, v in state.best_metrics.items()},
             "config": cfg.to_dict(),
         },
     }
