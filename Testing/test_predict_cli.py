@@ -19,7 +19,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 from MambaDoseLib import RESEARCH_DISCLAIMER, cli, rois
-from MambaDoseLib.commands.demo import write_phantom_inputs
+from MambaDoseLib.commands.demo import demo_folder_is_replaceable, write_phantom_inputs
 from MambaDoseLib.errors import InputError
 from MambaDoseLib.features import CHANNELS, CT_RANGE, DOSE_RANGE_GY
 from MambaDoseLib.geometry import Volume, resample_to
@@ -68,11 +68,7 @@ def oracle_dose(model, card, patient, **kwargs) -> np.ndarray:
     return dose
 
 
-@pytest.fixture(scope="module")
-def oracle():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("MambaDoseLib.inference.predict_patient", oracle_dose)
-        yield
+ORACLE_TARGET = "MambaDoseLib.inference.predict_patient"
 
 
 @pytest.fixture(scope="module")
@@ -82,22 +78,24 @@ def phantom_native(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def run_native(phantom_native, model_path, tmp_path_factory, oracle):
+def run_native(phantom_native, model_path, tmp_path_factory):
     ct, structures = phantom_native
     out = tmp_path_factory.mktemp("out") / "result"
-    rc = mambadose(
-        "predict",
-        "--ct",
-        ct,
-        "--structures",
-        structures,
-        "--out",
-        out,
-        "--model",
-        model_path,
-        "--device",
-        "cpu",
-    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ORACLE_TARGET, oracle_dose)
+        rc = mambadose(
+            "predict",
+            "--ct",
+            ct,
+            "--structures",
+            structures,
+            "--out",
+            out,
+            "--model",
+            model_path,
+            "--device",
+            "cpu",
+        )
     return rc, out
 
 
@@ -152,8 +150,9 @@ def test_predict_native_resolution(run_native, phantom_native, capsys):
 
 
 def test_predict_second_resolution_agrees_in_physical_space(
-    run_native, phantom_native, model_path, tmp_path, oracle
+    run_native, phantom_native, model_path, tmp_path, monkeypatch
 ):
+    monkeypatch.setattr(ORACLE_TARGET, oracle_dose)
     ct, structures = write_phantom_inputs(tmp_path / "fine", shape=PHANTOM_SHAPE, spacing_mm=(2.0, 2.0, 2.0))
     out = tmp_path / "result"
     rc = mambadose(
@@ -402,3 +401,18 @@ def test_dicom_series_folder(tmp_path):
     assert ct.array.shape == (3, 16, 16)
     assert ct.spacing[2] == pytest.approx(2.5)
     np.testing.assert_array_equal(ct.array, volume)
+
+
+def test_demo_end_to_end(tmp_path, model_path, capsys):
+    """The README's first command, with the (tiny) network instead of the shipped weights."""
+    out = tmp_path / "demo"
+    args = ("demo", "--out", out, "--model", model_path, "--slices", 12, "--device", "cpu", "--no-progress")
+    assert mambadose(*args) == 0
+    printed = capsys.readouterr().out
+    assert str(out / "dose.nii.gz") in printed and RESEARCH_DISCLAIMER in printed
+    assert set(OUTPUT_FILES) <= {p.name for p in out.iterdir()}
+    assert json.loads((out / "summary.json").read_text())["structures"]["unmatched"] == {}
+    # a re-run may replace this folder: it holds only the demo's own files
+    assert demo_folder_is_replaceable(out)
+    (out / "notes.txt").write_text("mine")
+    assert not demo_folder_is_replaceable(out)
