@@ -167,6 +167,10 @@ def test_body_mask_fills_cavities_and_drops_couch():
     np.testing.assert_array_equal(mask, np.broadcast_to(body2d[..., None], shape))
 
 
+def test_body_mask_of_empty_ct_is_empty():
+    assert not F.body_mask_from_ct(np.zeros((8, 8, 4), np.float32), (1.0, 1.0, 1.0)).any()
+
+
 def test_body_mask_matches_phantom():
     from MambaDoseLib.phantom import make_phantom
 

@@ -52,7 +52,9 @@ CT_STEP = 10.0
 CT_MAX = 2550.0
 #: Dose quantisation: Gy rounded to DOSE_STEP_GY (stored as integer centi-Gy).
 DOSE_STEP_GY = 0.01
-_LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9}]
+#: LZMA2 preset 9 with a 16 MiB dictionary (a patient's raw container is about 9-11 MB, so this
+#: compresses exactly like preset 9's 64 MiB while needing a quarter of the memory per worker).
+_LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9, "dict_size": 1 << 24}]
 
 QUANTISATION: dict[str, dict] = {
     "ct": {
