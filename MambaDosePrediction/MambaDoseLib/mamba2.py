@@ -139,19 +139,24 @@ def ssd_chunked(
     B = B.view(b, c, Q, n)
     C = C.view(b, c, Q, n)
     dt = dt.view(b, c, Q, h)
-    x_dt = x.view(b, c, Q, h, p) * dt[..., None]  # (b, c, Q, h, p)
+    x = x.view(b, c, Q, h, p)
+    x_dt = x * dt[..., None]  # (b, c, Q, h, p)
     a_cum = (dt * A).cumsum(dim=2)  # (b, c, Q, h): log-decay from the chunk start, <= 0
     a_end = a_cum[:, :, -1]  # (b, c, h)
 
     # 1. intra-chunk: y_i = sum_{j<=i} (C_i . B_j) exp(a_i - a_j) dt_j x_j, one (Q, Q) per head.
     #    exp(a_i - a_j) is clamped to <= 0 in the exponent so the masked (j > i) half stays finite.
     cb = (C @ B.transpose(-1, -2)).tril()  # (b, c, Q, Q), shared by the heads
-    a_h = a_cum.transpose(2, 3)  # (b, c, h, Q)
-    decay = (a_h[..., :, None] - a_h[..., None, :]).clamp(max=0.0).exp()  # (b, c, h, Q, Q)
-    y = (decay * cb[:, :, None]) @ x_dt.transpose(2, 3)  # (b, c, h, Q, p)
+    a_h = a_cum.transpose(2, 3).contiguous()  # (b, c, h, Q)
+    decay = a_h[..., :, None] - a_h[..., None, :]  # (b, c, h, Q, Q), the largest tensor here
+    if torch.is_grad_enabled():
+        decay = decay.clamp(max=0.0).exp() * cb[:, :, None]
+    else:  # inference: reuse the buffer (large fresh allocations are slow on CPU)
+        decay = decay.clamp_(max=0.0).exp_().mul_(cb[:, :, None])
+    y = decay @ x_dt.transpose(2, 3)  # (b, c, h, Q, p)
 
     # 2. each chunk's own end state: sum_j exp(a_end - a_j) dt_j x_j B_j^T
-    x_end = x_dt * (a_end[:, :, None] - a_cum).exp()[..., None]  # (b, c, Q, h, p)
+    x_end = x * (dt * (a_end[:, :, None] - a_cum).exp())[..., None]  # (b, c, Q, h, p)
     states = x_end.view(b, c, Q, h * p).transpose(-1, -2) @ B  # (b, c, h*p, n)
 
     # 3. state entering chunk z: sum_{k<z} exp(a_end[k+1] + ... + a_end[z-1]) states[k]; shifted
@@ -164,8 +169,8 @@ def ssd_chunked(
     # 4. the entering state read out at each position: exp(a_i) C_i . state
     y_off = C @ entering.reshape(b, c, h * p, n).transpose(-1, -2)  # (b, c, Q, h*p)
     y_off = y_off.view(b, c, Q, h, p) * a_cum.exp()[..., None]
-    y = (y_off + y.transpose(2, 3)).view(b, c * Q, h, p)[:, :length]
-    return y + x[:, :length] * D[:, None]
+    y = torch.addcmul(y_off + y.transpose(2, 3), x, D[:, None])  # + skip D x
+    return y.view(b, c * Q, h, p)[:, :length]
 
 
 # --------------------------------------------------------------------------------------------
@@ -190,6 +195,8 @@ class GatedRMSNorm(nn.Module):
         """x, z (..., d) -> (..., d)."""
         shape = x.shape
         y = x.float() * F.silu(z.float())
+        if self.group_size == shape[-1]:
+            return F.rms_norm(y, (self.group_size,), self.weight.float(), self.eps).to(z.dtype)
         y = y.view(*shape[:-1], shape[-1] // self.group_size, self.group_size)
         y = y * torch.rsqrt(y.square().mean(dim=-1, keepdim=True) + self.eps)
         return (y.view(shape) * self.weight.float()).to(z.dtype)
