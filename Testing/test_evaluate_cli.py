@@ -108,3 +108,78 @@ def test_missing_prediction_is_named(split, tmp_path):
     done = _evaluate(str(split / "ref"), str(partial))
     assert done.returncode == 2
     assert "pt_12.csv" in done.stderr and "pt_3.csv" not in done.stderr.split("error:")[-1]
+
+
+# --------------------------------------------------------------------------- predict-openkbp
+
+_PREDICT_MAIN = _MAIN.replace(
+    "{'evaluate': 'MambaDoseLib.commands.evaluate'}",
+    "{'evaluate': 'MambaDoseLib.commands.evaluate', 'predict-openkbp': 'MambaDoseLib.commands.predict_openkbp'}",
+)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", _PREDICT_MAIN, *args], capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory) -> Path:
+    """A small untrained MambaUNetV2 (no mixer) saved through the project's weights module."""
+    import torch
+    from MambaDoseLib import weights
+    from MambaDoseLib.model import MambaUNetConfig, MambaUNetV2
+
+    torch.manual_seed(0)
+    model = MambaUNetV2(MambaUNetConfig(in_channels=3, channels=(4, 8, 16), mixer="none"))
+    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    weights.save_model(path, model, {"channels": ["ct", "ptv_map", "possible_dose_mask"]})
+    return path
+
+
+def test_predict_openkbp_writes_masked_submissions_and_refuses_overwrite(split, tiny_weights, tmp_path):
+    from MambaDoseLib import openkbp
+
+    one = tmp_path / "one"  # a split of one patient keeps the test short
+    one.mkdir()
+    (one / "pt_3").symlink_to(split / "ref" / "pt_3", target_is_directory=True)
+    out = tmp_path / "pred"
+    args = ("predict-openkbp", str(one), str(out), "--model", str(tiny_weights), "--device", "cpu")
+    done = _cli(*args, "--batch-size", "48")
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["pt_3.csv"]
+    assert "device cpu" in done.stderr and "s (read + predict + write)" in done.stderr
+    patient = openkbp.read_patient(split / "ref" / "pt_3")
+    dose = openkbp.read_sparse_dose(out / "pt_3.csv")
+    assert np.all(dose[~patient.possible_dose_mask] == 0.0)
+
+    refused = _cli(*args)
+    assert refused.returncode == 2 and "--overwrite" in refused.stderr
+
+    again = _cli(*args, "--overwrite", "--batch-size", "7")  # other batching: same dose
+    assert again.returncode == 0, again.stderr
+    np.testing.assert_allclose(openkbp.read_sparse_dose(out / "pt_3.csv"), dose, atol=2e-3)
+
+    scored = _cli("evaluate", str(one), str(out))
+    assert scored.returncode == 0, scored.stderr
+    last = scored.stdout.strip().splitlines()[-2:]
+    assert last[0].startswith("dose_score ") and last[1].startswith("dvh_score ")
+    assert float(last[0].split()[1]) > 0.0
+
+
+def test_predict_openkbp_cuda_without_gpu_is_a_clear_error(split, tiny_weights, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    done = _cli(
+        "predict-openkbp",
+        str(split / "ref"),
+        str(tmp_path / "o"),
+        "--model",
+        str(tiny_weights),
+        "--device",
+        "cuda",
+    )
+    assert done.returncode == 2 and "no CUDA GPU" in done.stderr
