@@ -71,15 +71,22 @@ _MAIN = (
 )
 
 
-def _evaluate(*args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-c", _MAIN, "evaluate", *args]
+def _evaluate(*args: str, full_cli: bool = False) -> subprocess.CompletedProcess:
+    entry = ["-m", "MambaDoseLib.cli"] if full_cli else ["-c", _MAIN]  # -m: the `mambadose` dispatcher
+    cmd = [sys.executable, *entry, "evaluate", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 
 def test_predictions_equal_to_reference_score_zero(split, tmp_path):
     per_patient, per_roi = tmp_path / "scores.csv", tmp_path / "rois.csv"
     done = _evaluate(
-        str(split / "ref"), str(split / "exact"), "--csv", str(per_patient), "--per-roi-csv", str(per_roi)
+        str(split / "ref"),
+        str(split / "exact"),
+        "--csv",
+        str(per_patient),
+        "--per-roi-csv",
+        str(per_roi),
+        full_cli=True,
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-2:] == ["dose_score 0.0000", "dvh_score 0.0000"]
