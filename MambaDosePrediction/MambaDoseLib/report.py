@@ -283,13 +283,38 @@ def plot_isodose_views(
     return written
 
 
+def _body_window(
+    ct2: np.ndarray, extent, origin: str, margin_mm: float = 15.0
+) -> tuple[float, float, float, float]:
+    """(left, right, bottom, top) limits in mm: the slice's body (CT > -500 HU) plus a margin, or the
+    whole slice when no body is seen. ``extent`` and ``origin`` as given to ``imshow``."""
+    rows, cols = np.nonzero(ct2 > -500)
+    if rows.size == 0:
+        return tuple(extent)
+    left, right, bottom, top = extent
+    col_mm = (right - left) / ct2.shape[1]
+    x0 = max(left + cols.min() * col_mm - margin_mm, left)
+    x1 = min(left + (cols.max() + 1) * col_mm + margin_mm, right)
+    first_row = top if origin == "upper" else bottom  # where row 0 is drawn
+    row_mm = ((bottom - top) if origin == "upper" else (top - bottom)) / ct2.shape[0]
+    edges = sorted((first_row + rows.min() * row_mm, first_row + (rows.max() + 1) * row_mm))
+    lo = max(edges[0] - margin_mm, min(bottom, top))
+    hi = min(edges[1] + margin_mm, max(bottom, top))
+    return (x0, x1, hi, lo) if origin == "upper" else (x0, x1, lo, hi)
+
+
 def _plot_one_view(
     path, ct2, dose2, target2, extent, origin, levels, prescription_gy, where, target_name, labels
 ) -> Path:
     from matplotlib.lines import Line2D
 
-    fig = _new_figure(8.0, 7.5)
-    ax = fig.add_axes((0.08, 0.1, 0.66, 0.8))
+    view = _body_window(ct2, extent, origin)
+    width_mm, height_mm = abs(view[1] - view[0]), abs(view[3] - view[2])
+    axes_w_in = 5.6
+    axes_h_in = float(np.clip(axes_w_in * height_mm / max(width_mm, 1.0), 3.0, 9.0))
+    fig = _new_figure(axes_w_in / 0.6, axes_h_in + 1.8)
+    fig_h = axes_h_in + 1.8
+    ax = fig.add_axes((0.1, 0.8 / fig_h, 0.6, axes_h_in / fig_h))
     ax.imshow(
         ct2,
         cmap="gray",
@@ -318,7 +343,9 @@ def _plot_one_view(
         handles.append(Line2D([], [], color="white", lw=1.0, ls="--", label=target_name))
     ax.set_xlabel(labels[0])
     ax.set_ylabel(labels[1])
-    ax.set_aspect("equal")
+    ax.set_xlim(view[0], view[1])
+    ax.set_ylim(view[2], view[3])
+    ax.set_aspect("equal", adjustable="box")
     legend = ax.legend(
         handles=handles,
         loc="upper left",
