@@ -209,6 +209,11 @@ def test_api_warnings_off_grid_unmatched_empty(phantom_native, model_path):
     assert result.roi_map[ptv] == "PTV70"
     assert done[-1][0] == done[-1][1] == PHANTOM_SHAPE[2]
     assert result.dose.grid.same_as(ct.grid)
+    # cancelling stops the prediction with the inference module's error
+    from MambaDoseLib.inference import PredictionCancelled
+
+    with pytest.raises(PredictionCancelled):
+        predict_dose(ct, structures, model_path=model_path, device="cpu", cancel=lambda: True)
 
 
 def _shifted_grid(volume: Volume):
@@ -406,12 +411,25 @@ def test_dicom_series_folder(tmp_path):
 def test_demo_end_to_end(tmp_path, model_path, capsys):
     """The README's first command, with the (tiny) network instead of the shipped weights."""
     out = tmp_path / "demo"
-    args = ("demo", "--out", out, "--model", model_path, "--slices", 12, "--device", "cpu", "--no-progress")
+    args = (
+        "demo",
+        "--out",
+        out,
+        "--model",
+        model_path,
+        "--slices",
+        12,
+        "--device",
+        "cpu",
+        "--tta",
+        "--no-progress",
+    )
     assert mambadose(*args) == 0
     printed = capsys.readouterr().out
     assert str(out / "dose.nii.gz") in printed and RESEARCH_DISCLAIMER in printed
     assert set(OUTPUT_FILES) <= {p.name for p in out.iterdir()}
-    assert json.loads((out / "summary.json").read_text())["structures"]["unmatched"] == {}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["structures"]["unmatched"] == {} and summary["tta"] is True
     # a re-run may replace this folder: it holds only the demo's own files
     assert demo_folder_is_replaceable(out)
     (out / "notes.txt").write_text("mine")
