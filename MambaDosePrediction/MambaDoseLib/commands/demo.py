@@ -147,8 +147,11 @@ def run(args: argparse.Namespace) -> int:
         )
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text("written by mambadose demo; the demo replaces this folder's contents\n")
+    if args.slices < 2:
+        raise InputError(f"--slices {args.slices}: at least 2 slices are needed")
+    shape = (*DEMO_SHAPE[:2], args.slices)
     ct_path, structures_dir = write_phantom_inputs(
-        out / INPUT_DIR, seed=args.seed, spacing_mm=args.spacing_mm
+        out / INPUT_DIR, seed=args.seed, spacing_mm=args.spacing_mm, shape=shape
     )
     print(f"wrote the phantom: {ct_path} (CT in HU) and {structures_dir}/ (one mask per structure)")
     predict_and_write(
