@@ -523,7 +523,12 @@ def write_outputs(
     written = [
         report.write_dose_nifti(out_dir / "dose.nii.gz", result.dose),
         report.write_metrics_csv(out_dir / "dvh_metrics.csv", result.metrics),
-        report.plot_dvh(out_dir / "dvh.png", result.dvh, targets=tuple(result.prescriptions)),
+        report.plot_dvh(
+            out_dir / "dvh.png",
+            result.dvh,
+            targets=tuple(result.prescriptions),
+            prescription_gy=result.highest_prescription_gy,
+        ),
     ]
     target = result.highest_dose_target
     written += report.plot_isodose_views(

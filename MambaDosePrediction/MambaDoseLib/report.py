@@ -160,8 +160,10 @@ def plot_dvh(
     curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
     targets: Sequence[str] = (),
     title: str = "Predicted dose: cumulative DVH",
+    prescription_gy: float | None = None,
 ) -> Path:
-    """DVH curves (volume % vs dose Gy) of each structure; targets drawn thicker. Writes a PNG."""
+    """DVH curves (volume % vs dose Gy) of each structure; targets drawn thicker; a dotted line at
+    ``prescription_gy`` (the highest prescription) when given. Writes a PNG."""
     fig = _new_figure(9.0, 6.0)
     ax = fig.add_axes((0.08, 0.12, 0.62, 0.78))
     colours = _colour_cycle(len(curves))
@@ -180,7 +182,10 @@ def plot_dvh(
         )
         reached = dose_axis[volume_pct > 0]
         max_dose = max(max_dose, float(reached[-1]) if reached.size else 0.0)
-    ax.set_xlim(0, max_dose * 1.05)
+    if prescription_gy:
+        ax.axvline(prescription_gy, color="black", ls=":", lw=1.0, label=f"Rx {prescription_gy:g} Gy")
+        max_dose = max(max_dose, prescription_gy)
+    ax.set_xlim(0, max_dose * 1.08)
     ax.set_ylim(0, 102)
     ax.set_xlabel("Dose (Gy)")
     ax.set_ylabel("Volume (%)")
