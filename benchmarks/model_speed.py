@@ -40,16 +40,20 @@ BASE_VARIANTS = {
 }
 
 
-def parse_variant(spec: str, in_channels: int) -> tuple[str, MambaUNetConfig]:
-    """``name[:key=value;key=value]`` -> (label, config)."""
+def parse_variant(spec: str, in_channels: int) -> tuple[str, MambaUNetConfig, str | None]:
+    """``name[+compile|+cudagraphs][:key=value;key=value]`` -> (label, config, torch.compile mode or None)."""
     name, _, overrides = spec.partition(":")
+    name, _, compile_flag = name.partition("+")
+    compile_mode = {"": None, "compile": "default", "cudagraphs": "reduce-overhead"}.get(compile_flag, "?")
+    if compile_mode == "?":
+        raise SystemExit(f"unknown suffix +{compile_flag}; use +compile or +cudagraphs")
     if name not in BASE_VARIANTS:
         raise SystemExit(f"unknown variant {name!r}; choose from {sorted(BASE_VARIANTS)}")
     kwargs = dict(BASE_VARIANTS[name])
     for item in filter(None, overrides.split(";")):
         key, _, value = item.partition("=")
         kwargs[key] = json.loads(value) if value[:1] in "0123456789[-tf" else value
-    return spec, MambaUNetConfig(in_channels=in_channels, **kwargs)
+    return spec, MambaUNetConfig(in_channels=in_channels, **kwargs), compile_mode
 
 
 def ssd_flops(batch: int, length: int, heads: int, headdim: int, d_state: int, chunk: int) -> int:
@@ -103,14 +107,19 @@ def autocast(device: torch.device, enabled: bool):
 
 
 def time_training(
-    model: MambaUNetV2, device: torch.device, batch: int, size: int, steps: int, warmup: int, bf16: bool
+    model: torch.nn.Module,
+    device: torch.device,
+    batch: int,
+    size: int,
+    steps: int,
+    warmup: int,
+    bf16: bool,
+    in_channels: int,
 ) -> dict:
     """Training slices/s (forward + backward + AdamW step) and peak memory at one batch size."""
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-    x = torch.randn(batch, model.config.in_channels, size, size, device=device).to(
-        memory_format=torch.channels_last
-    )
+    x = torch.randn(batch, in_channels, size, size, device=device).to(memory_format=torch.channels_last)
     target = torch.randn(batch, 1, size, size, device=device)
 
     def step() -> None:
@@ -138,11 +147,18 @@ def time_training(
 
 
 def time_volume(
-    model: MambaUNetV2, device: torch.device, slices: int, chunk: int, size: int, repeats: int, bf16: bool
+    model: torch.nn.Module,
+    device: torch.device,
+    slices: int,
+    chunk: int,
+    size: int,
+    repeats: int,
+    bf16: bool,
+    in_channels: int,
 ) -> dict:
     """Seconds to predict one volume of ``slices`` slices in batches of ``chunk`` (median of repeats)."""
     model.eval()
-    vol = torch.randn(slices, model.config.in_channels, size, size).to(memory_format=torch.channels_last)
+    vol = torch.randn(slices, in_channels, size, size).to(memory_format=torch.channels_last)
     vol = vol.to(device)
     times = []
     with torch.inference_mode(), autocast(device, bf16):
@@ -176,8 +192,11 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed volume predictions")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--no-train", action="store_true", help="inference only (default on CPU)")
+    parser.add_argument("--no-volume", action="store_true", help="skip the volume inference timing")
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast (default on CPU)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile every variant (or suffix one: +compile)"
+    )
     parser.add_argument(
         "--peak-tflops", type=float, default=790.0, help="dense bf16 matmul rate for the FLOP floor"
     )
@@ -200,7 +219,8 @@ def main() -> int:
                "threads": torch.get_num_threads(), "torch": torch.__version__, "bf16": bf16,
                "triton_available": mamba2_module.triton_available(), "variants": []}  # fmt: skip
     for spec in args.variants.split(","):
-        label, cfg = parse_variant(spec, args.in_channels)
+        label, cfg, compile_mode = parse_variant(spec, args.in_channels)
+        compile_mode = compile_mode or ("default" if args.compile else None)
         if cfg.backend == "triton" and not (device.type == "cuda" and mamba2_module.triton_available()):
             print(f"{label}: skipped (needs CUDA and mamba-ssm)")
             continue
@@ -212,17 +232,27 @@ def main() -> int:
             row.update(count_flops(cfg, args.size))
             row["flop_floor_train_slices_per_s"] = args.peak_tflops * 1e3 / (3 * row["forward_gflop"])
         model = model.to(device).to(memory_format=torch.channels_last)
-        runner = torch.compile(model) if args.compile else model
-        runner.config = model.config
+        runner = torch.compile(model, mode=compile_mode) if compile_mode else model
         if train:
             row["train"] = []
             for batch in (int(b) for b in args.batch.split(",")):
                 row["train"].append(
-                    time_training(runner, device, batch, args.size, args.steps, args.warmup, bf16)
+                    time_training(
+                        runner, device, batch, args.size, args.steps, args.warmup, bf16, cfg.in_channels
+                    )
                 )
                 print(f"{label} batch {batch}: {row['train'][-1]}", flush=True)
         row.update(
-            time_volume(runner, device, args.volume_slices, infer_batch, args.size, args.repeats, bf16)
+            time_volume(
+                runner,
+                device,
+                args.volume_slices,
+                infer_batch,
+                args.size,
+                args.repeats,
+                bf16,
+                cfg.in_channels,
+            )
         )
         print(f"{label}: volume {row['volume_s']:.3f} s", flush=True)
         results["variants"].append(row)
@@ -240,7 +270,7 @@ def main() -> int:
         print(
             f"{r['variant'][:40]:40s} {r['params']:9d} {r.get('forward_gflop', float('nan')):8.2f} "
             f"{r.get('scan_gflop_analytic', float('nan')):6.2f} {r.get('flop_floor_train_slices_per_s', float('nan')):8.0f} "
-            f"{train_txt:>36s} {r['volume_s']:9.3f}"
+            f"{train_txt:>36s} {r.get('volume_s', float('nan')):9.3f}"
         )
     if args.json:
         with open(args.json, "w") as f:

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "triton", "torch")
 SCAN_DIRECTIONS = (1, 2, 4)
+CPU_INFERENCE_TOKEN_HEADS = 65536  # positions x heads per piece in CPU inference (see Mamba2.mix)
 
 
 # --------------------------------------------------------------------------------------------
@@ -269,6 +270,11 @@ class Mamba2(nn.Module):
         ``zxbcdt`` (scan directions) and undo the permutation on ``y``.
         """
         b, length, _ = zxbcdt.shape
+        rows = max(1, CPU_INFERENCE_TOKEN_HEADS // (length * self.nheads))
+        if zxbcdt.device.type == "cpu" and b > rows and not torch.is_grad_enabled():
+            # CPU inference: a few sequences at a time keep the (b, c, h, Q, Q) buffers small
+            # enough to be reused from the heap and to stay in cache (~40 % less time)
+            return torch.cat([self.mix(part) for part in zxbcdt.split(rows)])
         z, xBC, dt = torch.split(zxbcdt, [self.d_inner, self.d_inner + 2 * self.d_state, self.nheads], dim=-1)
         xBC = F.silu(self.conv1d(xBC.transpose(1, 2))[..., :length].transpose(1, 2))  # (b, l, conv_dim)
         x, B, C = torch.split(xBC, [self.d_inner, self.d_state, self.d_state], dim=-1)
