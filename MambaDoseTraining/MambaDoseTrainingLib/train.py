@@ -647,10 +647,8 @@ def load_run_data(
             val_list = [p for p in val_patients][: cfg.max_val_patients or None]
             val_src = cfg.val_cache or "val-patients"
         else:
-            from .cache import load_all
-
             val_ids = _select_ids(_cached_ids(cfg.val_cache, "--val-cache"), cfg.max_val_patients)
-            val_list = load_all(cfg.val_cache, val_ids)
+            val_list = _load_cached(cfg.val_cache, val_ids, cfg.workers)
             val_src = str(Path(cfg.val_cache).resolve())
         t0 = time.monotonic()
         common = dict(
@@ -665,7 +663,12 @@ def load_run_data(
             **common,
         )
         val = prepare_slice_set(
-            [p.patient_id for p in val_list], channels, patients=val_list, source_name=val_src, **common
+            [p.patient_id for p in val_list],
+            channels,
+            cache_dir=None if val_patients is not None else cfg.val_cache,
+            patients=val_list if val_patients is not None else None,
+            source_name=val_src,
+            **common,
         )
         if not val_list:
             raise InputError("no validation patients: validation picks the best model")
@@ -688,6 +691,16 @@ def load_run_data(
         train = _broadcast_slice_set(rt, train)
         train_src, val_src = _broadcast_object(rt, (train_src, val_src))
     return RunData(channels, train, val, refs, train_src, val_src)
+
+
+def _load_cached(cache_dir: str, ids: list[str], workers: int) -> list[Patient]:
+    """Cached patients, decompressed in threads (lzma releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .cache import load_patient
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        return list(pool.map(lambda pid: load_patient(cache_dir, pid), ids))
 
 
 def _cached_ids(cache_dir: str, option: str) -> list[str]:
