@@ -27,6 +27,7 @@ from MambaDoseTrainingLib.train import (
     dose_volume_from_rows,
     lr_factor,
     masked_smooth_l1,
+    next_epoch_estimate,
     parameter_groups,
     rng_state,
     run_training,
@@ -86,6 +87,13 @@ def test_lr_factor_warmup_then_cosine_to_zero():
     assert all(a >= b for a, b in zip(factors[20:], factors[21:], strict=False))
     assert lr_factor(spe * epochs, spe, warm, epochs) == pytest.approx(0.0, abs=1e-12)
     assert lr_factor(0, spe, 0, epochs) == pytest.approx(1.0)
+
+
+def test_next_epoch_estimate_skips_first_epoch_of_a_call():
+    assert next_epoch_estimate([], [], 1) is None  # nothing known: run an epoch
+    assert next_epoch_estimate([], [90.0, 10.0, 12.0], 1) == pytest.approx(1.1 * 12.0)  # median
+    assert next_epoch_estimate([90.0], [], 1) == pytest.approx(99.0)  # only the compiling epoch
+    assert next_epoch_estimate([90.0, 10.0, 14.0, 11.0], [], 1) == pytest.approx(1.1 * 14.0)
 
 
 def test_parameter_groups_exclude_norms_biases_and_flagged():

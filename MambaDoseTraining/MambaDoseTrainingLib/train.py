@@ -13,8 +13,12 @@ Resumability: ``checkpoint_last.pt`` is written atomically after every epoch and
 needed to continue (weights, optimiser, scheduler, RNG states, epoch, best score, patience
 counter, history). The order of the samples and the augmentation of epoch ``e`` come from
 generators seeded by ``(seed, e, rank)``, so a resumed run repeats exactly what an uninterrupted
-run would do. ``time_limit_s`` stops after the last epoch that fits (epoch time estimated from the
-slowest recent epoch), so a command under a hard wall-clock limit never dies mid-write.
+run would do. ``time_limit_s`` stops after the last epoch that fits (see
+:func:`next_epoch_estimate`; 10 s are kept for the end of the call), so a command under a hard
+wall-clock limit never dies mid-write. The first epoch of every call also pays the Triton
+compilation of the Mamba kernels (~90 s on a fresh H100), so give ``--time-limit`` about two
+minutes less than the command's own limit. ``--epochs`` may be raised when resuming: the cosine
+schedule is then recomputed for the new length.
 
 Multi-GPU: start the same command with ``torchrun --nproc_per_node N``; every rank holds the
 training slices on its own GPU and takes a ``rank::N`` share of each epoch (batch size is per
@@ -853,12 +857,15 @@ def _train(
 
     status = "completed"
     command_train_s = 0.0
-    epoch_times = [h["epoch_time_s"] for h in state.history[-3:]]
+    past_times = [h["epoch_time_s"] for h in state.history[-5:]]  # earlier calls
+    epoch_times: list[float] = []  # this call
     while state.epoch < cfg.epochs:
-        if rt.is_main and cfg.time_limit_s is not None and epoch_times:
-            elapsed = time.monotonic() - t_start
-            if elapsed + 1.1 * max(epoch_times[-(cfg.val_every + 1) :]) + END_RESERVE_S > cfg.time_limit_s:
-                status = "time_limit"
+        if rt.is_main and cfg.time_limit_s is not None:
+            estimate = next_epoch_estimate(epoch_times, past_times, cfg.val_every)
+            if estimate is not None:
+                elapsed = time.monotonic() - t_start
+                if elapsed + estimate + END_RESERVE_S > cfg.time_limit_s:
+                    status = "time_limit"
         if state.epochs_since_best >= cfg.patience and state.best_epoch > 0:
             status = "early_stopped"
         status = _broadcast_object(rt, status)
@@ -955,6 +962,23 @@ def _train(
         "steps_per_epoch": steps_per_epoch,
         "history": list(state.history),
     }
+
+
+def next_epoch_estimate(this_call: list[float], earlier: list[float], val_every: int) -> float | None:
+    """Seconds the next epoch may take (None: unknown, run it), with a 10 % margin.
+
+    The first epoch of a call pays one-off costs (Triton / torch.compile compilation, cuDNN
+    autotuning), so it is left out once later epochs of the call are known; before any epoch of
+    this call, the median of the last epochs of earlier calls is used. The longest recent epoch
+    counts (validation runs only every ``val_every`` epochs).
+    """
+    if len(this_call) >= 2:
+        return 1.1 * max(this_call[1:][-(val_every + 1) :])
+    if this_call:
+        return 1.1 * this_call[0]
+    if earlier:
+        return 1.1 * float(np.median(earlier))
+    return None
 
 
 def _gy(x: float) -> str:
