@@ -856,7 +856,6 @@ def _train(
     )
 
     status = "completed"
-    command_train_s = 0.0
     past_times = [h["epoch_time_s"] for h in state.history[-5:]]  # earlier calls
     epoch_times: list[float] = []  # this call
     while state.epoch < cfg.epochs:
@@ -911,7 +910,6 @@ def _train(
                     )
             state.epochs_since_best = state.epoch - state.best_epoch if state.best_epoch else 0
             epoch_s = time.monotonic() - t_epoch
-            command_train_s += epoch_s
             row["epoch_time_s"] = epoch_s
             state.history.append(row)
             state.wall_s += epoch_s
