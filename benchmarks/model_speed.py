@@ -41,12 +41,18 @@ BASE_VARIANTS = {
 
 
 def parse_variant(spec: str, in_channels: int) -> tuple[str, MambaUNetConfig, str | None]:
-    """``name[+compile|+cudagraphs][:key=value;key=value]`` -> (label, config, torch.compile mode or None)."""
+    """``name[+compile|+cudagraphs|+graph][:key=value;key=value]`` -> (label, config, mode).
+
+    mode: None (eager), "default" / "reduce-overhead" (torch.compile modes) or "graph" (the whole
+    training step, AdamW included, captured once in a CUDA graph and replayed).
+    """
     name, _, overrides = spec.partition(":")
     name, _, compile_flag = name.partition("+")
-    compile_mode = {"": None, "compile": "default", "cudagraphs": "reduce-overhead"}.get(compile_flag, "?")
+    compile_mode = {"": None, "compile": "default", "cudagraphs": "reduce-overhead", "graph": "graph"}.get(
+        compile_flag, "?"
+    )
     if compile_mode == "?":
-        raise SystemExit(f"unknown suffix +{compile_flag}; use +compile or +cudagraphs")
+        raise SystemExit(f"unknown suffix +{compile_flag}; use +compile, +cudagraphs or +graph")
     if name not in BASE_VARIANTS:
         raise SystemExit(f"unknown variant {name!r}; choose from {sorted(BASE_VARIANTS)}")
     kwargs = dict(BASE_VARIANTS[name])
@@ -115,10 +121,15 @@ def time_training(
     warmup: int,
     bf16: bool,
     in_channels: int,
+    graph: bool = False,
 ) -> dict:
-    """Training slices/s (forward + backward + AdamW step) and peak memory at one batch size."""
+    """Training slices/s (forward + backward + AdamW step) and peak memory at one batch size.
+
+    ``graph``: warm up on a side stream, capture one whole step in a CUDA graph, time replays.
+    """
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    cuda = device.type == "cuda"
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=cuda, capturable=graph)
     x = torch.randn(batch, in_channels, size, size, device=device).to(memory_format=torch.channels_last)
     target = torch.randn(batch, 1, size, size, device=device)
 
@@ -131,11 +142,24 @@ def time_training(
         opt.zero_grad(set_to_none=True)
 
     t0 = time.perf_counter()
-    for _ in range(warmup):
-        step()
+    side = torch.cuda.Stream() if graph else None
+    if graph:
+        side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side) if graph else nullcontext():
+        for _ in range(warmup):
+            step()
+    if graph:
+        torch.cuda.current_stream().wait_stream(side)
+        captured = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(captured):
+            with autocast(device, bf16):
+                pred = model(x)
+            torch.nn.functional.smooth_l1_loss(pred.float(), target, beta=0.1).backward()
+            opt.step()
+        step = captured.replay  # noqa: F811 (the timed loop replays the captured step)
     synchronize(device)
     warm_s = time.perf_counter() - t0
-    if device.type == "cuda":
+    if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     for _ in range(steps):
@@ -232,7 +256,8 @@ def main() -> int:
             row.update(count_flops(cfg, args.size))
             row["flop_floor_train_slices_per_s"] = args.peak_tflops * 1e3 / (3 * row["forward_gflop"])
         model = model.to(device).to(memory_format=torch.channels_last)
-        runner = torch.compile(model, mode=compile_mode) if compile_mode else model
+        use_graph = compile_mode == "graph"
+        runner = torch.compile(model, mode=compile_mode) if compile_mode and not use_graph else model
         if train:
             row["train"] = []
             for batch in (int(b) for b in args.batch.split(",")):
