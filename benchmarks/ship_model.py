@@ -1,0 +1,75 @@
+"""Copy a trained run's best model into Resources/Models with the baselines' figures in its card.
+
+    python benchmarks/ship_model.py RUN_DIR [--baseline NAME=RUN_DIR ...]
+
+RUN_DIR is a `mambadose train --out` folder (model_best.safetensors + .json). The card keeps
+everything training wrote; this adds `training.baselines` (the validation figures of the other
+runs trained with the same recipe), `training.run_history` (history.csv, per epoch) and sets the
+scan backend to "auto" so the shipped file uses mamba-ssm's Triton kernel where it imports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from MambaDoseLib.weights import DEFAULT_MODEL_NAME, card_path, load_model
+
+MODELS = Path(__file__).resolve().parents[1] / "Resources" / "Models"
+
+
+def _atomic_json(path: Path, data: dict) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--baseline", action="append", default=[], metavar="NAME=RUN_DIR")
+    args = parser.parse_args()
+
+    card = json.loads((args.run_dir / "model_best.json").read_text())
+    card["config"]["backend"] = "auto"
+    baselines = {}
+    for item in args.baseline:
+        name, run = item.split("=", 1)
+        other = json.loads((Path(run) / "model_best.json").read_text())
+        baselines[name] = {
+            "mixer": other["config"]["mixer"],
+            "parameters": sum(_numel(s) for s in other["tensors"].values()),
+            **{k: other["training"][k] for k in ("epochs_run", "best_epoch", "wall_time_s", "device")},
+            "validation": other["training"]["validation"],
+        }
+    card["training"]["baselines"] = baselines
+    with open(args.run_dir / "history.csv") as f:
+        card["training"]["run_history"] = list(csv.DictReader(f))
+
+    MODELS.mkdir(parents=True, exist_ok=True)
+    target = MODELS / DEFAULT_MODEL_NAME
+    fd, tmp = tempfile.mkstemp(dir=MODELS, suffix=".tmp")
+    os.close(fd)
+    shutil.copyfile(args.run_dir / "model_best.safetensors", tmp)
+    os.replace(tmp, target)
+    _atomic_json(card_path(target), card)
+    load_model(target)  # refuses a card that does not match the file
+    print(f"shipped {target} ({target.stat().st_size / 1e6:.1f} MB) with {card_path(target).name}")
+
+
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+if __name__ == "__main__":
+    main()
