@@ -16,11 +16,7 @@ import numpy as np
 #: anterior -> posterior (+y), axis 1 patient right -> left (+x), axis 2 superior -> inferior (-z).
 #: Columns are the directions of axes 0, 1, 2. The model grid of ``predict`` uses the same layout,
 #: so a clinic's CT is resampled into the orientation the network was trained on.
-OPENKBP_DIRECTION: np.ndarray = np.array(
-    [[0.0, 1.0, 0.0],
-     [1.0, 0.0, 0.0],
-     [0.0, 0.0, -1.0]]
-)
+OPENKBP_DIRECTION: np.ndarray = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])
 
 
 @dataclass
