@@ -40,4 +40,3 @@ def openkbp_patient_dir(openkbp_validation_dir) -> Path:
     """One real patient folder (the first validation patient)."""
     folders = sorted(openkbp_validation_dir.glob("pt_*"), key=lambda p: int(p.name.split("_")[1]))
     return folders[0]
-

@@ -1,4 +1,5 @@
 """Regenerate the two module CMakeLists.txt from the files present (run from the repo root)."""
+
 from pathlib import Path
 
 MODELS = ("MambaUNetV2_OpenKBP.safetensors", "MambaUNetV2_OpenKBP.json")
@@ -6,7 +7,9 @@ MODELS = ("MambaUNetV2_OpenKBP.safetensors", "MambaUNetV2_OpenKBP.json")
 
 def py_files(module: str, lib: str) -> list[str]:
     root = Path(module)
-    files = sorted(p.relative_to(root).as_posix() for p in (root / lib).rglob("*.py") if "__pycache__" not in p.parts)
+    files = sorted(
+        p.relative_to(root).as_posix() for p in (root / lib).rglob("*.py") if "__pycache__" not in p.parts
+    )
     return [f"{module}.py", *files]
 
 

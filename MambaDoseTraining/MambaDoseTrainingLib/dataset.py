@@ -20,6 +20,7 @@ Data path (chosen so that the GPU never waits for data):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -289,18 +290,21 @@ def prepare_slice_set(
     loading. ``source_name`` names the data in the cache key (default: ``cache_dir``).
     """
     source = source_name or (str(Path(cache_dir).resolve()) if cache_dir is not None else "patients")
-    if feature_cache is None:
-        with tempfile.TemporaryDirectory(prefix="mambadose-features-") as tmp:
-            folder = build_slice_files(
-                tmp,
-                patient_ids,
-                channels,
-                cache_dir=cache_dir,
-                patients=patients,
-                workers=workers,
-                progress=progress,
-            )
-            return load_slice_set(folder, patient_ids, channels, device)
+    with contextlib.ExitStack() as stack:
+        if feature_cache is None:  # built for this call only
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="mambadose-features-"))
+        else:  # reused by later commands on this machine
+            folder = feature_folder(feature_cache, source, channels)
+        build_slice_files(
+            folder,
+            patient_ids,
+            channels,
+            cache_dir=cache_dir,
+            patients=patients,
+            workers=workers,
+            progress=progress,
+        )
+        return load_slice_set(folder, patient_ids, channels, device)
     folder = feature_folder(feature_cache, source, channels)
     build_slice_files(
         folder,
