@@ -305,17 +305,6 @@ def prepare_slice_set(
             progress=progress,
         )
         return load_slice_set(folder, patient_ids, channels, device)
-    folder = feature_folder(feature_cache, source, channels)
-    build_slice_files(
-        folder,
-        patient_ids,
-        channels,
-        cache_dir=cache_dir,
-        patients=patients,
-        workers=workers,
-        progress=progress,
-    )
-    return load_slice_set(folder, patient_ids, channels, device)
 
 
 def balanced_epoch_indices(
