@@ -65,6 +65,15 @@ def _set_rows(path: Path, rows: list[str]) -> None:
     path.write_text("\n".join(rows) + "\n")
 
 
+def _replace_value_and_read(path: Path, token: str, data) -> tuple[int, str]:
+    """Put ``token`` as the value of a random data row of ``path``; return (row, the reader's error)."""
+    rows = _rows(path)
+    row = data.draw(st.integers(1, len(rows) - 1))
+    rows[row] = rows[row].split(",")[0] + "," + token
+    _set_rows(path, rows)
+    return row, _check_read_fails(path.parent, path.name)
+
+
 class _Folder:
     """A fresh patient folder for one hypothesis example."""
 
@@ -92,11 +101,7 @@ non_finite = st.sampled_from(["nan", "NaN", "-nan", "inf", "-inf", "Infinity", "
 @given(seed=seeds, name=st.sampled_from(VALUE_FILES), token=garbage, data=st.data())
 def test_garbage_value_token(seed, name, token, data):
     with _Folder(seed) as folder:
-        rows = _rows(folder / name)
-        row = data.draw(st.integers(1, len(rows) - 1))
-        rows[row] = rows[row].split(",")[0] + "," + token
-        _set_rows(folder / name, rows)
-        message = _check_read_fails(folder, name)
+        row, message = _replace_value_and_read(folder / name, token, data)
         assert f"line {row + 1}:" in message
 
 
@@ -117,11 +122,7 @@ def test_garbage_index_token(seed, name, token, data):
 @given(seed=seeds, name=st.sampled_from(VALUE_FILES), token=non_finite, data=st.data())
 def test_nan_and_infinite_values(seed, name, token, data):
     with _Folder(seed) as folder:
-        rows = _rows(folder / name)
-        row = data.draw(st.integers(1, len(rows) - 1))
-        rows[row] = rows[row].split(",")[0] + "," + token
-        _set_rows(folder / name, rows)
-        message = _check_read_fails(folder, name)
+        row, message = _replace_value_and_read(folder / name, token, data)
         assert f"line {row + 1}:" in message and ("NaN" in message or "infinite" in message)
 
 
