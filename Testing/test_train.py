@@ -26,6 +26,7 @@ from MambaDoseTrainingLib.train import (
     ValReference,
     dose_volume_from_rows,
     lr_factor,
+    make_val_reference,
     masked_smooth_l1,
     next_epoch_estimate,
     parameter_groups,
@@ -312,3 +313,48 @@ def test_cli_trains_from_cache_folders(phantoms, tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     assert "already built" in again.stderr  # features reused from --feature-cache
     assert torch.load(out / LAST, weights_only=True)["state"]["epoch"] == 2
+
+
+# --------------------------------------------------------------------------- views
+
+
+def test_slices_of_all_views_pad_to_one_size_and_rebuild_the_dose(phantoms):
+    from MambaDoseLib.features import normalise_dose
+    from MambaDoseLib.inference import to_slices, views_in_pdm
+    from MambaDoseTrainingLib.dataset import patient_slices
+
+    p = phantoms[0][0]  # (32, 32, 16): axial slices 32 x 32, coronal and sagittal 16 x 32
+    views = ("axial", "coronal", "sagittal")
+    s = patient_slices(p, ("ct", "possible_dose_mask"), views)
+    assert s.features.shape[2:] == (32, 32)
+    for number, view in enumerate(views):
+        sel = s.view_index == number
+        keep = views_in_pdm(p.possible_dose_mask, view)
+        assert np.array_equal(s.slice_index[sel], keep)
+        h, w = to_slices(p.possible_dose_mask, view).shape[1:]
+        assert np.array_equal(s.mask[sel][:, :h, :w], to_slices(p.possible_dose_mask, view)[keep])
+        assert not s.mask[sel][:, h:, :].any() and not s.mask[sel][:, :, w:].any()
+        assert np.array_equal(s.features[sel][:, 1, :h, :w].astype(bool), s.mask[sel][:, :h, :w])
+    # the reference dose itself, as rows of every view, comes back as the dose (views averaged)
+    ref = make_val_reference(p)
+    rows = s.dose.astype(np.float32)
+    dose = dose_volume_from_rows(rows, s.slice_index, ref, s.view_index, views)
+    inside = p.possible_dose_mask
+    expected = np.maximum(np.asarray(normalise_dose(p.dose_gy), np.float16).astype(np.float32), -1)
+    from MambaDoseLib.features import denormalise_dose
+
+    assert np.allclose(dose[inside], np.maximum(denormalise_dose(expected), 0)[inside], atol=1e-4)
+    assert np.all(dose[~inside] == 0.0)
+
+
+def test_multi_view_training_writes_views_into_the_card(phantoms, tmp_path):
+    import json
+
+    train, val = phantoms
+    cfg = _config(tmp_path, views="axial,sagittal", epochs=1, max_val_patients=1)
+    result = run_training(cfg, train, val)
+    assert result["epochs"] == 1 and math.isfinite(result["best_val_dose_score"])
+    card = json.loads((tmp_path / "model_best.json").read_text())
+    assert card["views"] == ["axial", "sagittal"]
+    with pytest.raises(InputError, match="views"):
+        _config(tmp_path, views="axial,oblique").check()

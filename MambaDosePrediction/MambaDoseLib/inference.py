@@ -1,11 +1,22 @@
-"""Run a trained 2D dose model over a 3D volume: axial slices in batches, optional flip TTA.
+"""Run a trained 2D dose model over a 3D volume: slices in batches, in one or more orientations,
+optional flip TTA.
 
-Layout: features are float32 ``(C, I, J, K)`` in the OpenKBP layout (``k`` = axial slice); the
-model maps ``(B, C, I, J)`` slices to ``(B, 1, I, J)`` dose on the normalised [-1, 1] scale, which
+Layout: features are float32 ``(C, I, J, K)`` in the OpenKBP layout (axis 0 anterior -> posterior,
+1 right -> left, 2 superior -> inferior; ``k`` = axial slice); the model maps ``(B, C, H, W)``
+slices to ``(B, 1, H, W)`` dose on the normalised [-1, 1] scale, which
 :func:`MambaDoseLib.features.denormalise_dose` turns into Gy.
 
-Test-time augmentation (TTA) averages the model's output over in-plane flips of the input slices
-(each output flipped back). ``tta_flips`` lists the flips as tuples of volume axes: ``()`` is the
+Views (slice orientations, :data:`VIEWS`): ``"axial"`` slices cut across axis 2 and are laid out
+(rows, columns) = (A->P, R->L); ``"coronal"`` cut across axis 0, laid out (S->I, R->L);
+``"sagittal"`` cut across axis 1, laid out (S->I, A->P). :func:`to_slices` and
+:func:`from_slices` are the one place that defines these layouts; training (the slice files) and
+prediction both use them. A model trained on several views predicts the volume once per view and
+the predictions are averaged (multi-view prediction: each voxel gets the view of its axial,
+coronal and sagittal neighbourhood). Slice sizes that the model cannot take (not a multiple of
+``2**levels``) are padded by repeating the edge and cropped back.
+
+Test-time augmentation (TTA) averages the model's output over flips of the input volume (each
+output flipped back). ``tta_flips`` lists the flips as tuples of volume axes: ``()`` is the
 identity, ``(1,)`` the left-right flip (axis 1), ``(0,)`` the anterior-posterior flip (axis 0).
 The default is ``((), (1,))``: head-and-neck anatomy is roughly left-right symmetric but not
 anterior-posterior symmetric. Pass :data:`FOUR_FLIPS` for all four in-plane flips. Under a flip
@@ -32,6 +43,49 @@ log = logging.getLogger(__name__)
 LR_FLIPS: tuple[tuple[int, ...], ...] = ((), (1,))
 #: All four in-plane flips.
 FOUR_FLIPS: tuple[tuple[int, ...], ...] = ((), (0,), (1,), (0, 1))
+
+#: Slice orientations: the volume axis each one cuts across.
+VIEWS: dict[str, int] = {"axial": 2, "coronal": 0, "sagittal": 1}
+#: A slice's (rows, columns) as volume axes, per view (module docstring).
+VIEW_PLANE: dict[str, tuple[int, int]] = {"axial": (0, 1), "coronal": (2, 1), "sagittal": (2, 0)}
+
+
+def check_views(views: Sequence[str]) -> tuple[str, ...]:
+    """``views`` as a tuple; InputError for an empty list, an unknown name or a repeat."""
+    views = tuple(views)
+    if not views:
+        raise InputError(f"no views given (choose from {', '.join(VIEWS)})")
+    for v in views:
+        if v not in VIEWS:
+            raise InputError(f"unknown view {v!r} (choose from {', '.join(VIEWS)})")
+    if len(set(views)) != len(views):
+        raise InputError(f"views repeat: {', '.join(views)}")
+    return views
+
+
+def lr_in_plane(view: str) -> bool:
+    """Whether the right -> left axis (1) lies in the slices of ``view`` (as their columns)."""
+    return 1 in VIEW_PLANE[view]
+
+
+def to_slices(volume: np.ndarray, view: str) -> np.ndarray:
+    """``(..., I, J, K)`` -> ``(N, ..., H, W)``: the slices of ``view`` in the order of the axis
+    they cut (a transposed view of ``volume``, no copy)."""
+    lead = volume.ndim - 3
+    rows, cols = VIEW_PLANE[view]
+    order = (lead + VIEWS[view], *range(lead), lead + rows, lead + cols)
+    return np.transpose(volume, order)
+
+
+def from_slices(slices: np.ndarray, view: str) -> np.ndarray:
+    """Inverse of :func:`to_slices` for ``(N, H, W)`` slices -> ``(I, J, K)`` (no copy)."""
+    rows, cols = VIEW_PLANE[view]
+    return np.transpose(slices, np.argsort((VIEWS[view], rows, cols)))
+
+
+def views_in_pdm(mask: np.ndarray, view: str) -> np.ndarray:
+    """Indices of the ``view`` slices of an (I, J, K) mask that hold any voxel of it."""
+    return np.flatnonzero(to_slices(np.asarray(mask, bool), view).any(axis=(1, 2)))
 
 
 class PredictionCancelled(MambaDoseError):
@@ -66,37 +120,34 @@ def lr_swap_pairs(channels: Sequence[str]) -> list[tuple[int, int]]:
     return pairs
 
 
-def _flip_dims(flip: tuple[int, ...]) -> list[int]:
-    """Volume axes (0 = I, 1 = J) -> dims of a (B, C, I, J) tensor."""
-    if any(a not in (0, 1) for a in flip):
-        raise ValueError(f"TTA flips may only use in-plane axes 0 and 1, got {flip}")
-    return [a + 2 for a in flip]
-
-
-def _run_model(
-    model: torch.nn.Module,
-    x: torch.Tensor,
-    flips: Sequence[tuple[int, ...]],
-    swap_channels: Sequence[tuple[int, int]],
-    use_autocast: bool,
-) -> torch.Tensor:
-    """Mean model output over ``flips``. x: (B, C, I, J) on the model's device -> (B, I, J) float32."""
-    total = None
+def _check_flips(flips: Sequence[tuple[int, ...]]) -> tuple[tuple[int, ...], ...]:
     for flip in flips:
-        dims = _flip_dims(flip)
-        xf = torch.flip(x, dims) if dims else x
-        if 1 in flip and swap_channels:
-            order = list(range(x.shape[1]))
-            for i, j in swap_channels:
-                order[i], order[j] = order[j], order[i]
-            xf = xf[:, order]
-        with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=use_autocast):
-            y = model(xf)  # (B, 1, I, J)
-        y = y.float()
-        if dims:
-            y = torch.flip(y, dims)
-        total = y if total is None else total + y
-    return (total / len(flips))[:, 0]
+        if any(a not in (0, 1) for a in flip):
+            raise ValueError(f"TTA flips may only use axes 0 and 1, got {flip}")
+    return tuple(tuple(f) for f in flips)
+
+
+def _flipped(
+    features: np.ndarray, flip: tuple[int, ...], swap_channels: Sequence[tuple[int, int]]
+) -> np.ndarray:
+    """(C, I, J, K) features flipped along volume axes ``flip``; Right/Left channels exchanged
+    under the left-right flip (axis 1)."""
+    if not flip:
+        return features
+    out = np.flip(features, axis=[a + 1 for a in flip])
+    if 1 in flip and swap_channels:
+        order = list(range(features.shape[0]))
+        for i, j in swap_channels:
+            order[i], order[j] = order[j], order[i]
+        out = out[order]
+    return out
+
+
+def _slice_multiple(model: torch.nn.Module) -> int:
+    """Slice sizes the model takes are multiples of this (``2**levels`` for MambaUNetV2)."""
+    config = getattr(model, "config", None)
+    levels = getattr(config, "levels", None)
+    return 2**levels if isinstance(levels, int) else 1
 
 
 def predict_volume(
@@ -105,6 +156,7 @@ def predict_volume(
     *,
     batch_size: int = 16,
     device: torch.device | str | None = None,
+    views: Sequence[str] = ("axial",),
     tta: bool = False,
     tta_flips: Sequence[tuple[int, ...]] = LR_FLIPS,
     swap_channels: Sequence[tuple[int, int]] = (),
@@ -113,20 +165,24 @@ def predict_volume(
     progress: Callable[[int, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
 ) -> np.ndarray:
-    """Predict a dose volume (Gy) slice by slice.
+    """Predict a dose volume (Gy) slice by slice, averaged over ``views`` (and TTA flips).
 
-    model: maps (B, C, I, J) -> (B, 1, I, J) normalised dose; it is put in eval mode and moved to
+    model: maps (B, C, H, W) -> (B, 1, H, W) normalised dose; it is put in eval mode and moved to
     ``device`` (default: where its parameters are). features: float32 (C, I, J, K).
-    tta: average over ``tta_flips`` (see the module docstring). autocast: bf16 autocast on CUDA
-    (ignored on CPU). denormalise: normalised -> Gy (default ``features.denormalise_dose``).
-    progress(done_slices, total_slices) is called after each batch; ``cancel()`` is checked before
-    each batch and raises :class:`PredictionCancelled` when it returns True.
-    Returns float32 (I, J, K) dose in Gy, clipped at 0 (a dose is never negative).
+    views: slice orientations (module docstring); the model card's ``"views"`` are the ones it
+    was trained on. tta: average over ``tta_flips`` (module docstring). autocast: bf16 autocast
+    on CUDA (ignored on CPU). denormalise: normalised -> Gy (default
+    ``features.denormalise_dose``). progress(done_slices, total_slices) is called after each
+    batch; ``cancel()`` is checked before each batch and raises :class:`PredictionCancelled`
+    when it returns True. Returns float32 (I, J, K) dose in Gy, clipped at 0 (a dose is never
+    negative).
     """
     if features.ndim != 4:
         raise InputError(f"features must be (C, I, J, K), got shape {features.shape}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    views = check_views(views)
+    flips = _check_flips(tta_flips) if tta else ((),)
     if denormalise is None:
         from .features import denormalise_dose as denormalise
     if device is None:
@@ -134,23 +190,40 @@ def predict_volume(
         device = param.device if param is not None else torch.device("cpu")
     device = torch.device(device)
     model.to(device).eval()
-    flips = tuple(tta_flips) if tta else ((),)
     use_autocast = autocast and device.type == "cuda"
+    multiple = _slice_multiple(model)
 
-    n_slices = features.shape[3]
-    out = np.empty(features.shape[1:], np.float32)  # (I, J, K), normalised
+    total_slices = len(flips) * sum(features.shape[1 + VIEWS[v]] for v in views)
+    done = 0
+    total = np.zeros(features.shape[1:], np.float32)  # (I, J, K), normalised
     with torch.inference_mode():
-        for k0 in range(0, n_slices, batch_size):
-            if cancel is not None and cancel():
-                raise PredictionCancelled(f"prediction cancelled after {k0} of {n_slices} slices")
-            k1 = min(k0 + batch_size, n_slices)
-            batch = np.ascontiguousarray(np.moveaxis(features[..., k0:k1], 3, 0), np.float32)
-            x = torch.from_numpy(batch).to(device, non_blocking=True)  # (B, C, I, J)
-            y = _run_model(model, x, flips, swap_channels, use_autocast)  # (B, I, J)
-            out[..., k0:k1] = np.moveaxis(y.cpu().numpy(), 0, 2)
-            if progress is not None:
-                progress(k1, n_slices)
-    return np.maximum(np.asarray(denormalise(out), np.float32), 0.0)
+        for flip in flips:
+            volume = _flipped(features, flip, swap_channels)
+            for view in views:
+                slices = to_slices(volume, view)  # (N, C, H, W), a view of the array
+                n, _, h, w = slices.shape
+                pad = ((0, 0), (0, 0), (0, -h % multiple), (0, -w % multiple))
+                out = np.empty((n, h, w), np.float32)
+                for s0 in range(0, n, batch_size):
+                    if cancel is not None and cancel():
+                        raise PredictionCancelled(
+                            f"prediction cancelled after {done} of {total_slices} slices"
+                        )
+                    s1 = min(s0 + batch_size, n)
+                    batch = np.ascontiguousarray(slices[s0:s1], np.float32)
+                    if any(p[1] for p in pad):
+                        batch = np.pad(batch, pad, mode="edge")
+                    x = torch.from_numpy(batch).to(device, non_blocking=True)
+                    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_autocast):
+                        y = model(x)  # (B, 1, H', W')
+                    out[s0:s1] = y.float()[:, 0, :h, :w].cpu().numpy()
+                    done += s1 - s0
+                    if progress is not None:
+                        progress(done, total_slices)
+                pred = from_slices(out, view)
+                total += np.flip(pred, axis=list(flip)) if flip else pred
+    mean = total / np.float32(len(flips) * len(views))
+    return np.maximum(np.asarray(denormalise(mean), np.float32), 0.0)
 
 
 def predict_patient(
@@ -158,7 +231,8 @@ def predict_patient(
 ) -> np.ndarray:
     """Predict one patient's dose (Gy), zero outside ``patient.possible_dose_mask``.
 
-    card: the model card (its ``"channels"`` name the input channels in order). patient: a
+    card: the model card (its ``"channels"`` name the input channels in order; its ``"views"``
+    the slice orientations, default axial only). patient: a
     :class:`MambaDoseLib.patient.Patient` on the model grid. kwargs go to :func:`predict_volume`;
     ``swap_channels`` defaults to the card's right/left channel pairs. Returns float32 (I, J, K).
     """
@@ -167,6 +241,12 @@ def predict_patient(
     channels = tuple(card["channels"])
     features = build_features(patient, channels)
     kwargs.setdefault("swap_channels", lr_swap_pairs(channels))
+    kwargs.setdefault("views", card_views(card))
     dose = predict_volume(model, features, **kwargs)
     dose[~np.asarray(patient.possible_dose_mask, bool)] = 0.0
     return dose
+
+
+def card_views(card: Mapping[str, Any]) -> tuple[str, ...]:
+    """The slice orientations a model was trained on (card ``"views"``; axial when absent)."""
+    return check_views(card.get("views") or ("axial",))

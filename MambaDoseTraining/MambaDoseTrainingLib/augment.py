@@ -9,7 +9,11 @@ transform, so the network always sees a consistent patient:
    on, the channels of paired left/right structures (``mask_LeftParotid`` <->
    ``mask_RightParotid`` and their PSDMs) are swapped as well, so that the structure called
    "Right" stays on the patient's right after the mirror. The anterior-posterior flip is off by
-   default (a patient lying face down is not in the data).
+   default (a patient lying face down is not in the data). Coronal slices keep the right-left
+   axis as their columns (``inference.VIEW_PLANE``), so they mirror the same way; a sagittal
+   slice has no right-left axis in its plane: the mirrored patient's slice at the mirrored
+   position is the same image with the Left/Right channels swapped, so for those samples
+   (``lr_in_plane`` False) the mirror only swaps channels.
 2. One affine transform per sample (rotation about the slice centre, isotropic scale, shift),
    applied with ``affine_grid`` + ``grid_sample`` in **one batched call** over all channels.
    Interpolation is bilinear for every channel, the binary ones included, and nothing is
@@ -143,6 +147,7 @@ def augment_batch(
     config: AugmentConfig,
     generator: torch.Generator,
     channels: tuple[str, ...] | list[str] | None = None,
+    lr_in_plane: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Augment a batch jointly.
 
@@ -152,6 +157,8 @@ def augment_batch(
     parameters are drawn on the CPU (a few numbers), so the device never has to report back to
     the host (no synchronisation); the pixels are moved on the batch's device.
     channels: names of the C input channels (for the left/right channel swap); None = no swap.
+    lr_in_plane: CPU bool (B,), whether each sample's columns run right -> left (axial and coronal
+    slices; default all True); where False the left-right mirror only swaps channels.
     Returns the three tensors transformed identically (same shapes and dtypes).
     """
     b, c, h, w = inputs.shape
@@ -177,7 +184,12 @@ def augment_batch(
         x = x.flip(-1)
         return x if order is None else x[:, order]
 
-    stack = _replace_rows(stack, torch.nonzero(flip_lr).squeeze(1), mirror)
+    def swap_only(x: torch.Tensor) -> torch.Tensor:
+        return x if order is None else x[:, order]
+
+    in_plane = torch.ones(b, dtype=torch.bool) if lr_in_plane is None else lr_in_plane.to("cpu", torch.bool)
+    stack = _replace_rows(stack, torch.nonzero(flip_lr & in_plane).squeeze(1), mirror)
+    stack = _replace_rows(stack, torch.nonzero(flip_lr & ~in_plane).squeeze(1), swap_only)
     stack = _replace_rows(stack, torch.nonzero(flip_ap).squeeze(1), lambda x: x.flip(-2))
 
     chosen = torch.nonzero(rotate | scale_on | shift_on).squeeze(1)

@@ -41,7 +41,7 @@ from MambaDoseLib.patient import Patient
 log = logging.getLogger(__name__)
 
 #: Bump when the per-patient slice file layout or the feature definition changes.
-SLICE_FILE_VERSION = 1
+SLICE_FILE_VERSION = 2
 
 #: Channel presets of the CLI. "2.5d" adds the neighbouring CT slices around the CT channel.
 CHANNEL_PRESETS = ("2d", "2.5d")
@@ -66,8 +66,10 @@ def channels_for_preset(preset: str) -> tuple[str, ...]:
 class PatientSlices:
     """The kept slices of one patient (host arrays).
 
-    features: float16 (n, C, I, J); dose: float16 (n, I, J) normalised; mask: bool (n, I, J);
-    slice_index: int64 (n,) axial indices k of the kept slices in the patient's volume.
+    features: float16 (n, C, H, W); dose: float16 (n, H, W) normalised; mask: bool (n, H, W);
+    slice_index: int64 (n,) index of each slice along the axis its view cuts;
+    view_index: int64 (n,) position of each slice's view in the ``views`` it was built for.
+    Slices are laid out by ``inference.to_slices`` (axial: (I, J)).
     """
 
     patient_id: str
@@ -75,24 +77,48 @@ class PatientSlices:
     dose: np.ndarray
     mask: np.ndarray
     slice_index: np.ndarray
+    view_index: np.ndarray
 
 
-def patient_slices(patient: Patient, channels: Sequence[str]) -> PatientSlices:
-    """Features of the axial slices of ``patient`` that contain possible-dose voxels."""
+def patient_slices(
+    patient: Patient, channels: Sequence[str], views: Sequence[str] = ("axial",)
+) -> PatientSlices:
+    """Features of the slices of ``patient`` that contain possible-dose voxels, for each of
+    ``views`` in turn (``inference.VIEWS``; each view's slices in the order of its axis).
+
+    When the views' slices differ in size (a volume that is not a cube), every slice is padded at
+    its high row / column end to the largest size: features repeat their edge (as
+    ``inference.predict_volume`` pads), dose and mask are 0 there, so the padding carries no loss.
+    """
     from MambaDoseLib.features import build_features, normalise_dose
+    from MambaDoseLib.inference import check_views, to_slices, views_in_pdm
 
     if patient.dose_gy is None:
         raise InputError(f"patient {patient.patient_id} has no reference dose: it cannot be trained on")
-    keep = np.flatnonzero(patient.possible_dose_mask.any(axis=(0, 1)))
+    views = check_views(views)
     volume = build_features(patient, tuple(channels))  # (C, I, J, K) float32
-    features = np.ascontiguousarray(np.moveaxis(volume[..., keep], -1, 0), dtype=np.float16)
-    dose = normalise_dose(patient.dose_gy[..., keep])  # (I, J, n)
+    dose = np.asarray(normalise_dose(patient.dose_gy), np.float32)
+    pdm = np.asarray(patient.possible_dose_mask, bool)
+    sizes = [to_slices(pdm, v).shape[1:] for v in views]
+    size = (max(h for h, _ in sizes), max(w for _, w in sizes))
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("features", "dose", "mask", "slice", "view")}
+    for number, view in enumerate(views):
+        keep = views_in_pdm(pdm, view)
+        h, w = to_slices(pdm, view).shape[1:]
+        pad = ((0, 0), (0, size[0] - h), (0, size[1] - w))
+        feats = to_slices(volume, view)[keep].astype(np.float16)
+        parts["features"].append(np.pad(feats, pad[:1] + ((0, 0),) + pad[1:], mode="edge"))
+        parts["dose"].append(np.pad(to_slices(dose, view)[keep].astype(np.float16), pad))
+        parts["mask"].append(np.pad(to_slices(pdm, view)[keep], pad))
+        parts["slice"].append(keep.astype(np.int64))
+        parts["view"].append(np.full(keep.size, number, np.int64))
     return PatientSlices(
         patient_id=patient.patient_id,
-        features=features,  # (n, C, I, J)
-        dose=np.ascontiguousarray(np.moveaxis(np.asarray(dose), -1, 0), dtype=np.float16),
-        mask=np.ascontiguousarray(np.moveaxis(patient.possible_dose_mask[..., keep], -1, 0)),
-        slice_index=keep.astype(np.int64),
+        features=np.ascontiguousarray(np.concatenate(parts["features"])),  # (n, C, H, W)
+        dose=np.ascontiguousarray(np.concatenate(parts["dose"])),
+        mask=np.ascontiguousarray(np.concatenate(parts["mask"])),
+        slice_index=np.concatenate(parts["slice"]),
+        view_index=np.concatenate(parts["view"]),
     )
 
 
@@ -119,25 +145,35 @@ def write_patient_slices(folder: Path, s: PatientSlices) -> None:
     _write_atomic(
         _slice_file(folder, s.patient_id),
         lambda f, d: np.savez(f, **d),
-        {"dose": s.dose, "mask": s.mask, "slice_index": s.slice_index},
+        {"dose": s.dose, "mask": s.mask, "slice_index": s.slice_index, "view_index": s.view_index},
     )
 
 
 def _build_and_write(
-    patient: Patient | None, cache_dir: str | None, patient_id: str, channels: tuple[str, ...], folder: str
+    patient: Patient | None,
+    cache_dir: str | None,
+    patient_id: str,
+    channels: tuple[str, ...],
+    folder: str,
+    views: tuple[str, ...] = ("axial",),
 ) -> str:
     """Worker: (load from the patient cache,) build the slices, write them; returns the id."""
     if patient is None:
         from MambaDoseTrainingLib.cache import load_patient
 
         patient = load_patient(cache_dir, patient_id)
-    write_patient_slices(Path(folder), patient_slices(patient, channels))
+    write_patient_slices(Path(folder), patient_slices(patient, channels, views))
     return patient_id
 
 
-def feature_folder(root: str | os.PathLike, source: str, channels: Sequence[str]) -> Path:
-    """The folder under ``root`` for one data source (a cache dir, or a name) and channel list."""
-    key = json.dumps({"v": SLICE_FILE_VERSION, "source": str(source), "channels": list(channels)})
+def feature_folder(
+    root: str | os.PathLike, source: str, channels: Sequence[str], views: Sequence[str] = ("axial",)
+) -> Path:
+    """The folder under ``root`` for one data source (a cache dir, or a name), channel list and
+    views."""
+    key = json.dumps(
+        {"v": SLICE_FILE_VERSION, "source": str(source), "channels": list(channels), "views": list(views)}
+    )
     digest = hashlib.sha1(key.encode()).hexdigest()[:12]
     name = Path(str(source)).name or "data"
     return Path(root) / f"{name}-{digest}"
@@ -152,6 +188,7 @@ def build_slice_files(
     patients: Sequence[Patient] | None = None,
     workers: int = 0,
     progress: bool = False,
+    views: Sequence[str] = ("axial",),
 ) -> Path:
     """Write one slice file per patient into ``folder`` (skipping those already there).
 
@@ -173,7 +210,7 @@ def build_slice_files(
         return folder
     channels = tuple(channels)
     src = None if cache_dir is None else str(cache_dir)
-    jobs = [(by_id.get(pid), src, pid, channels, str(folder)) for pid in todo]
+    jobs = [(by_id.get(pid), src, pid, channels, str(folder), tuple(views)) for pid in todo]
     bar = _progress(len(jobs), progress, "features")
     if workers <= 1:
         for job in jobs:
@@ -204,7 +241,8 @@ class SliceSet:
 
     features: float16 (N, C, H, W); dose: float16 (N, H, W) on the [-1, 1] scale;
     mask: bool (N, H, W) possible-dose mask; patient_index: int64 (N,) row -> patient number;
-    slice_index: int64 (N,) row -> axial index k in that patient's volume.
+    slice_index: int64 (N,) row -> index along the axis its view cuts; view_index: int64 (N,)
+    row -> position in ``views``.
     """
 
     patient_ids: list[str]
@@ -214,12 +252,14 @@ class SliceSet:
     mask: torch.Tensor
     patient_index: torch.Tensor
     slice_index: torch.Tensor
+    view_index: torch.Tensor
+    views: tuple[str, ...] = ("axial",)
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
 
     def rows_of(self, patient_number: int) -> torch.Tensor:
-        """Row numbers (on the CPU) of one patient's slices, in axial order."""
+        """Row numbers (on the CPU) of one patient's slices, view by view, each in slice order."""
         return torch.nonzero(self.patient_index.cpu() == patient_number).squeeze(1)
 
 
@@ -228,6 +268,7 @@ def load_slice_set(
     patient_ids: Sequence[str],
     channels: Sequence[str],
     device: torch.device | str = "cpu",
+    views: Sequence[str] = ("axial",),
 ) -> SliceSet:
     """Stack the slice files of ``patient_ids`` from ``folder`` into device tensors."""
     folder = Path(folder)
@@ -251,6 +292,7 @@ def load_slice_set(
     mask = torch.empty((n_total, h, w), dtype=torch.bool, device=device)
     patient_index = torch.empty(n_total, dtype=torch.int64)
     slice_index = torch.empty(n_total, dtype=torch.int64)
+    view_index = torch.empty(n_total, dtype=torch.int64)
     row = 0
     for number, (shape, pid) in enumerate(parts):
         n = shape[0]
@@ -259,6 +301,7 @@ def load_slice_set(
             dose[row : row + n] = torch.from_numpy(z["dose"]).to(device)
             mask[row : row + n] = torch.from_numpy(z["mask"]).to(device)
             slice_index[row : row + n] = torch.from_numpy(z["slice_index"])
+            view_index[row : row + n] = torch.from_numpy(z["view_index"])
         patient_index[row : row + n] = number
         row += n
     return SliceSet(
@@ -269,6 +312,8 @@ def load_slice_set(
         mask,
         patient_index.to(device),
         slice_index.to(device),
+        view_index.to(device),
+        tuple(views),
     )
 
 
@@ -283,6 +328,7 @@ def prepare_slice_set(
     workers: int = 0,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    views: Sequence[str] = ("axial",),
 ) -> SliceSet:
     """Build (or reuse) the slice files and load them onto ``device``.
 
@@ -294,7 +340,7 @@ def prepare_slice_set(
         if feature_cache is None:  # built for this call only
             folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="mambadose-features-"))
         else:  # reused by later commands on this machine
-            folder = feature_folder(feature_cache, source, channels)
+            folder = feature_folder(feature_cache, source, channels, views)
         build_slice_files(
             folder,
             patient_ids,
@@ -303,8 +349,9 @@ def prepare_slice_set(
             patients=patients,
             workers=workers,
             progress=progress,
+            views=views,
         )
-        return load_slice_set(folder, patient_ids, channels, device)
+        return load_slice_set(folder, patient_ids, channels, device, views)
 
 
 def balanced_epoch_indices(

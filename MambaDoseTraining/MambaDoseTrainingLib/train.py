@@ -89,7 +89,9 @@ class TrainConfig:
     Model: ``mixer``, ``mixer_min_level``, ``scan_directions``, ``d_state``, ``model_channels``
     (UNet widths) and ``model_options`` (any other ``MambaUNetConfig`` field) go to
     ``MambaUNetConfig``; None = the model's default.
-    Data: ``channels`` is a preset ("2d", "2.5d") or a comma-separated list of channel names.
+    Data: ``channels`` is a preset ("2d", "2.5d") or a comma-separated list of channel names;
+    ``views`` the comma-separated slice orientations trained on (``inference.VIEWS``; the model
+    card keeps them and prediction averages over them).
     ``slices_per_epoch`` caps an epoch; ``max_train_patients`` / ``max_val_patients`` take the
     first patients only (quick runs).
     Time: ``time_limit_s`` (wall seconds from the start of this call) stops cleanly between epochs.
@@ -99,6 +101,7 @@ class TrainConfig:
     val_cache: str = ""
     out: str = "mambadose-train"
     channels: str = "2d"
+    views: str = "axial"
     mixer: str = "mamba2"
     mixer_min_level: int | None = None
     scan_directions: int | None = None
@@ -165,6 +168,7 @@ class TrainConfig:
             val_cache=str(args.val_cache),
             out=str(args.out),
             channels=args.channels,
+            views=args.views,
             mixer=args.mixer,
             mixer_min_level=args.mixer_min_level,
             scan_directions=args.scan_directions,
@@ -215,6 +219,16 @@ class TrainConfig:
             raise InputError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs}")
         if self.slices_per_epoch is not None and self.slices_per_epoch < 1:
             raise InputError(f"--slices-per-epoch must be >= 1, got {self.slices_per_epoch}")
+        self.view_names()
+
+    def view_names(self) -> tuple[str, ...]:
+        """The slice orientations, from the comma-separated ``views``."""
+        from MambaDoseLib.inference import check_views
+
+        try:
+            return check_views(v.strip() for v in self.views.split(",") if v.strip())
+        except InputError as exc:
+            raise InputError(f"--views {self.views!r}: {exc}") from exc
 
     def channel_names(self) -> tuple[str, ...]:
         """Input channel names: a preset ("2d", "2.5d") or the comma-separated list."""
@@ -414,8 +428,8 @@ def _broadcast_slice_set(rt: Runtime, data: SliceSet | None) -> SliceSet:
 
     meta = None
     if rt.is_main:
-        meta = (data.patient_ids, data.channels, tuple(data.features.shape))
-    patient_ids, channels, shape = _broadcast_object(rt, meta)
+        meta = (data.patient_ids, data.channels, tuple(data.features.shape), data.views)
+    patient_ids, channels, shape, views = _broadcast_object(rt, meta)
     if not rt.is_main:
         n, c, h, w = shape
         d = rt.device
@@ -427,8 +441,10 @@ def _broadcast_slice_set(rt: Runtime, data: SliceSet | None) -> SliceSet:
             torch.empty((n, h, w), dtype=torch.bool, device=d),
             torch.empty(n, dtype=torch.int64, device=d),
             torch.empty(n, dtype=torch.int64, device=d),
+            torch.empty(n, dtype=torch.int64, device=d),
+            views,
         )
-    for t in (data.features, data.dose, data.mask, data.patient_index, data.slice_index):
+    for t in (data.features, data.dose, data.mask, data.patient_index, data.slice_index, data.view_index):
         if t.dtype == torch.bool:
             u = t.view(torch.uint8)
             dist.broadcast(u, src=0)
@@ -539,15 +555,32 @@ def predict_rows(
     return out
 
 
-def dose_volume_from_rows(pred_rows: np.ndarray, slice_index: np.ndarray, ref: ValReference) -> np.ndarray:
-    """Predicted dose (Gy) on the patient's grid: the rows (n, I, J) normalised at axial indices
-    ``slice_index``, denormalised and clipped at 0 as ``inference.predict_volume`` does, zero
-    outside the possible-dose mask (and on slices without possible-dose voxels)."""
+def dose_volume_from_rows(
+    pred_rows: np.ndarray,
+    slice_index: np.ndarray,
+    ref: ValReference,
+    view_index: np.ndarray | None = None,
+    views: Sequence[str] = ("axial",),
+) -> np.ndarray:
+    """Predicted dose (Gy) on the patient's grid from normalised rows (n, H, W): row r is slice
+    ``slice_index[r]`` of view ``views[view_index[r]]`` (default: all axial). The views are
+    averaged, then denormalised and clipped at 0 as ``inference.predict_volume`` does; zero
+    outside the possible-dose mask (every possible-dose voxel lies on a kept slice of each view)."""
     from MambaDoseLib.features import denormalise_dose
+    from MambaDoseLib.inference import to_slices
 
-    dose = np.zeros(ref.dose_gy.shape, np.float32)
-    gy = np.maximum(np.asarray(denormalise_dose(pred_rows), np.float32), 0.0)
-    dose[..., slice_index] = np.moveaxis(gy, 0, -1)
+    if view_index is None:
+        view_index = np.zeros(len(slice_index), np.int64)
+    total = np.zeros(ref.dose_gy.shape, np.float32)
+    for number, view in enumerate(views):
+        sel = view_index == number
+        part = np.zeros(ref.dose_gy.shape, np.float32)
+        target = to_slices(part, view)  # a view of part: writing into it fills part
+        h, w = target.shape[1:]
+        target[slice_index[sel]] = pred_rows[sel][:, :h, :w]  # rows may be padded (dataset)
+        total += part
+    mean = total / np.float32(len(views))
+    dose = np.maximum(np.asarray(denormalise_dose(mean), np.float32), 0.0)
     dose[~ref.possible_dose_mask] = 0.0
     return dose
 
@@ -565,11 +598,12 @@ def validate(
     rows = predict_rows(model, data.features, cfg.val_batch_size, device, cfg.channels_last).numpy()
     patient_index = data.patient_index.cpu().numpy()
     slice_index = data.slice_index.cpu().numpy()
+    view_index = data.view_index.cpu().numpy()
     dose_scores, dvh_scores, pairs = [], [], []
     ptv: dict[str, list[float]] = {"d95": [], "d95_ref": [], "hi": [], "hi_ref": []}
     for number, ref in enumerate(refs):
         sel = patient_index == number
-        dose = dose_volume_from_rows(rows[sel], slice_index[sel], ref)
+        dose = dose_volume_from_rows(rows[sel], slice_index[sel], ref, view_index[sel], data.views)
         dose_scores.append(dose_score(dose, ref.dose_gy, ref.possible_dose_mask))
         pred_metrics = openkbp_dvh_metrics(dose, ref.structures, ref.voxel_volume_mm3)
         dvh_scores.append(dvh_score(pred_metrics, ref.ref_metrics))
@@ -637,6 +671,7 @@ def load_run_data(
 ) -> RunData:
     """Build or reuse the features of the training and validation patients on the device."""
     channels = cfg.channel_names()
+    views = cfg.view_names()
     progress = cfg.progress and sys.stderr.isatty()
     train = val = None
     refs: list[ValReference] = []
@@ -656,7 +691,11 @@ def load_run_data(
             val_src = str(Path(cfg.val_cache).resolve())
         t0 = time.monotonic()
         common = dict(
-            feature_cache=cfg.feature_cache, workers=cfg.workers, device=rt.device, progress=progress
+            feature_cache=cfg.feature_cache,
+            workers=cfg.workers,
+            device=rt.device,
+            progress=progress,
+            views=views,
         )
         train = prepare_slice_set(
             train_ids,
@@ -680,12 +719,13 @@ def load_run_data(
         del val_list
         log.info(
             "data: %d training slices of %d patients, %d validation slices of %d patients, "
-            "%d channels, on %s (%.1f s)",
+            "%d channels, views %s, on %s (%.1f s)",
             len(train),
             len(train.patient_ids),
             len(val),
             len(refs),
             len(channels),
+            ",".join(views),
             rt.device,
             time.monotonic() - t0,
         )
@@ -995,6 +1035,7 @@ def train_one_epoch(
     steps_per_epoch: int,
 ) -> tuple[float, float]:
     """One epoch of optimiser steps; returns (mean loss over steps and ranks, train seconds)."""
+    from MambaDoseLib.inference import lr_in_plane
     from tqdm import tqdm
 
     device = rt.device
@@ -1002,7 +1043,10 @@ def train_one_epoch(
     model.train()
     order_gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))
     rows = balanced_epoch_indices(train.patient_index, len(train.patient_ids), order_gen)[:drawn]
-    rows = shard_indices(rows, rt.rank, rt.world_size).to(device)
+    rows = shard_indices(rows, rt.rank, rt.world_size)
+    # per row: is the left-right axis in the slice plane (else the mirror only swaps channels)
+    in_plane = torch.tensor([lr_in_plane(v) for v in train.views])[train.view_index.cpu()[rows]]
+    rows = rows.to(device)
     aug_gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch, rt.rank, 1))  # CPU: no sync
     batch = min(cfg.batch_size, rows.numel())
     use_amp = device.type == "cuda"
@@ -1020,7 +1064,8 @@ def train_one_epoch(
         x = train.features[idx].float()  # (B, C, H, W)
         y = train.dose[idx].float().unsqueeze(1)  # (B, 1, H, W)
         w = train.mask[idx].float().unsqueeze(1)  # (B, 1, H, W)
-        x, y, w = augment_batch(x, y, w, cfg.augment, aug_gen, data.channels)
+        lr = in_plane[step * batch : (step + 1) * batch]
+        x, y, w = augment_batch(x, y, w, cfg.augment, aug_gen, data.channels, lr_in_plane=lr)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -1090,6 +1135,7 @@ def export_best_model(
     card = {
         "config": _model_config_dict(model_config),
         "channels": list(data.channels),
+        "views": list(data.train.views),
         "normalisation": _normalisation_card(),
         "training": {
             "train_cache": data.train_source,

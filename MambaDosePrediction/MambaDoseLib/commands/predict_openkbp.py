@@ -30,7 +30,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tta", action="store_true", help="average over the left-right flip (test-time augmentation)"
     )
     parser.add_argument(
-        "--batch-size", type=int, default=16, metavar="N", help="axial slices per batch (default 16)"
+        "--views",
+        metavar="V[,V...]",
+        help="slice orientations to average (axial, coronal, sagittal; default: those the model was "
+        "trained on, from its card); fewer views run faster",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=16, metavar="N", help="slices per batch (default 16)"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing pt_*.csv in OUT_DIR")
 
@@ -64,7 +70,14 @@ def run(args: argparse.Namespace) -> int:
     device = inference.resolve_device(args.device)
     model_path = args.model or weights.default_model_path()
     model, card = weights.load_model(model_path, device=device)
-    log.info("model %s on device %s (%s)", model_path, device, _device_name(device))
+    views = (
+        inference.check_views(v.strip() for v in args.views.split(",") if v.strip())
+        if args.views
+        else inference.card_views(card)
+    )
+    log.info(
+        "model %s on device %s (%s), views %s", model_path, device, _device_name(device), ",".join(views)
+    )
     log.info(RESEARCH_DISCLAIMER)
     args.out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -73,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         patient = openkbp.read_patient(folder)
         dose_gy = inference.predict_patient(
-            model, card, patient, device=device, tta=args.tta, batch_size=args.batch_size
+            model, card, patient, device=device, tta=args.tta, batch_size=args.batch_size, views=views
         )
         openkbp.write_sparse_dose(out_path, dose_gy)
         times.append(time.perf_counter() - start)

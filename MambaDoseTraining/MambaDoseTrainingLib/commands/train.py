@@ -58,6 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=default_workers,
         help=f"processes building features (default {default_workers})",
     )
+    data.add_argument(
+        "--views",
+        default="axial",
+        help="slice orientations to train on, comma-separated: axial, coronal, sagittal "
+        "(prediction averages the model over the same views)",
+    )
     data.add_argument("--slices-per-epoch", type=int, default=None, help="cap samples per epoch")
     data.add_argument("--max-train-patients", type=int, default=None, help="first N training patients")
     data.add_argument("--max-val-patients", type=int, default=None, help="first N validation patients")
