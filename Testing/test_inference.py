@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from MambaDoseLib import inference
-from MambaDoseLib.errors import MambaDoseError
+from MambaDoseLib.errors import InputError, MambaDoseError
 from MambaDoseLib.patient import Patient
 
 
@@ -183,3 +183,43 @@ def test_predict_patient_is_zero_outside_the_possible_dose_mask():
     f = features.build_features(patient, tuple(card["channels"]))
     ref = inference.predict_volume(model, f, device="cpu")
     np.testing.assert_allclose(dose[patient.possible_dose_mask], ref[patient.possible_dose_mask], atol=1e-6)
+
+
+# --------------------------------------------------------------------------- views
+
+
+@pytest.mark.parametrize("view", list(inference.VIEWS))
+def test_view_slices_round_trip_and_layout(view):
+    vol = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)  # (C, I, J, K)
+    slices = inference.to_slices(vol, view)
+    axis = inference.VIEWS[view]
+    rows, cols = inference.VIEW_PLANE[view]
+    assert slices.shape == (vol.shape[1 + axis], 2, vol.shape[1 + rows], vol.shape[1 + cols])
+    # slice n, channel c, pixel (r, q) is the voxel with index n on the cut axis, r on rows, q on cols
+    idx = [0, 0, 0]
+    idx[axis], idx[rows], idx[cols] = 2, 1, 3 if vol.shape[1 + cols] > 3 else 0
+    assert slices[2, 1, 1, idx[cols]] == vol[1][tuple(idx)]
+    assert np.array_equal(inference.from_slices(inference.to_slices(vol[0], view), view), vol[0])
+    assert inference.lr_in_plane(view) == (view != "sagittal")
+
+
+def test_pointwise_model_gives_the_same_dose_in_every_view_and_pads_odd_sizes():
+    torch.manual_seed(0)
+    model = _conv1x1(3)
+    f = np.random.default_rng(0).normal(size=(3, 8, 6, 5)).astype(np.float32)  # no side divisible by 8
+    model.config = type("C", (), {"levels": 3})()  # asks for multiples of 8: every view is padded
+    axial = inference.predict_volume(model, f, device="cpu", denormalise=_identity)
+    three = inference.predict_volume(
+        model, f, device="cpu", views=("axial", "coronal", "sagittal"), denormalise=_identity
+    )
+    assert three.shape == f.shape[1:]
+    np.testing.assert_allclose(three, axial, atol=1e-6)
+
+
+def test_unknown_or_repeated_view_is_refused():
+    f = np.zeros((3, 4, 4, 4), np.float32)
+    with pytest.raises(InputError, match="oblique"):
+        inference.predict_volume(_conv1x1(3), f, views=("oblique",), denormalise=_identity)
+    with pytest.raises(InputError, match="repeat"):
+        inference.check_views(("axial", "axial"))
+    assert inference.card_views({"channels": []}) == ("axial",)

@@ -70,6 +70,19 @@ def test_preprocess_train_resume_predict_evaluate(splits, tmp_path):
     mambadose("predict-openkbp", splits / "validation-pats", predictions, "--model", model, "--device", "cpu")
     assert (predictions / "pt_201.csv").is_file()
 
+    # the same model averaged over two views; an unknown view is refused by name
+    views = tmp_path / "pred_views"
+    mambadose(
+        "predict-openkbp", splits / "validation-pats", views, "--model", model, "--views", "axial,coronal"
+    )
+    assert (views / "pt_201.csv").is_file()
+    bad = subprocess.run(
+        [sys.executable, "-m", "MambaDoseLib.cli", "predict-openkbp", str(splits / "validation-pats"),
+         str(tmp_path / "pred_bad"), "--model", str(model), "--views", "axial,oblique"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert bad.returncode != 0 and "oblique" in bad.stderr and not (tmp_path / "pred_bad").exists()
+
     lines = mambadose("evaluate", splits / "validation-pats", predictions).stdout.strip().splitlines()
     assert lines[-2].startswith("dose_score ") and lines[-1].startswith("dvh_score ")
     dose_score, dvh_score = float(lines[-2].split()[1]), float(lines[-1].split()[1])

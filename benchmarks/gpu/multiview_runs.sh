@@ -16,19 +16,22 @@ deadline=$(( $(date +%s) + limit ))  # every run stops (between epochs) by then
 views=axial,coronal,sagittal
 common="--train-cache /tmp/cache/train --val-cache /tmp/cache/val --feature-cache /tmp/feat
   --views $views --lr 3e-4 --batch-size 32 --warmup-epochs 2 --channels-last --no-progress --resume"
-# features of every view, once, for all runs (they share the feature cache)
-python3 - <<PY > $runs/features.log 2>&1
+# features of every view, once, for all runs (they share the feature cache); from a file, since
+# the spawned workers re-import the main script
+cat > $runs/prebuild.py <<PY
 from pathlib import Path
 from MambaDoseTrainingLib.cache import list_cached
 from MambaDoseTrainingLib.dataset import build_slice_files, channels_for_preset, feature_folder
 ch = channels_for_preset("2d")
 views = "$views".split(",")
-for split in ("train", "val"):
+if __name__ == "__main__":
+  for split in ("train", "val"):
     src = str(Path(f"/tmp/cache/{split}").resolve())
     folder = feature_folder("/tmp/feat", src, ch, views)
     build_slice_files(folder, list_cached(src), ch, cache_dir=src, workers=48, views=views)
-    print(split, "features in", folder)
+    print(split, "features in", folder, flush=True)
 PY
+python3 $runs/prebuild.py > $runs/features.log 2>&1
 start() {  # name, GPUs, command...
   local name=$1 gpus=$2; shift 2
   CUDA_VISIBLE_DEVICES=$gpus setsid nohup "$@" --out $runs/$name > $runs/$name.log 2>&1 < /dev/null &
