@@ -14,8 +14,9 @@ export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 
 runs=/tmp/runs; mkdir -p $runs
 deadline=$(( $(date +%s) + limit ))  # every run stops (between epochs) by then
 views=axial,coronal,sagittal
-common="--train-cache /tmp/cache/train --val-cache /tmp/cache/val --feature-cache /tmp/feat
-  --views $views --lr 3e-4 --batch-size 32 --warmup-epochs 2 --channels-last --no-progress --resume"
+# one line: it is also pasted into the bash -c string of GPU 3 below
+common="--train-cache /tmp/cache/train --val-cache /tmp/cache/val --feature-cache /tmp/feat --views $views --lr 3e-4 --batch-size 32 --warmup-epochs 2 --channels-last --no-progress --resume"
+export OMP_NUM_THREADS=8  # several trainings share the host's cores
 # features of every view, once, for all runs (they share the feature cache); from a file, since
 # the spawned workers re-import the main script
 cat > $runs/prebuild.py <<PY
