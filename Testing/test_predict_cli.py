@@ -434,3 +434,30 @@ def test_demo_end_to_end(tmp_path, model_path, capsys):
     assert demo_folder_is_replaceable(out)
     (out / "notes.txt").write_text("mine")
     assert not demo_folder_is_replaceable(out)
+
+
+def test_views_reach_the_model_and_the_summary(tmp_path, phantom_native, model_path, capsys, monkeypatch):
+    ct, structures = phantom_native
+    seen = {}
+
+    def spy(model, card, patient, **kwargs):
+        seen["views"] = kwargs["views"]
+        return oracle_dose(model, card, patient)
+
+    monkeypatch.setattr(ORACLE_TARGET, spy)
+    out = tmp_path / "views"
+    assert mambadose(*_predict_args(ct, structures, out, model_path), "--views", "axial,sagittal") == 0
+    assert seen["views"] == ("axial", "sagittal")
+    assert json.loads((out / "summary.json").read_text())["views"] == ["axial", "sagittal"]
+    # a card without views predicts axial slices only
+    assert mambadose(*_predict_args(ct, structures, tmp_path / "card", model_path)) == 0
+    assert seen["views"] == ("axial",)
+    capsys.readouterr()
+    _refused(
+        capsys,
+        *_predict_args(ct, structures, tmp_path / "bad", model_path),
+        "--views",
+        "oblique",
+        match="oblique",
+    )
+    assert not (tmp_path / "bad").exists()

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,7 @@ class PredictionResult:
     dvh: patient structure name -> (dose_axis_gy, volume_percent) (``metrics.dvh_curve``).
     timings: stage -> seconds. device: the torch device used. model_card: the weights' card.
     model_path: the weights file. tta: whether flip test-time augmentation was used.
+    views: the slice orientations averaged.
     warnings: the warnings raised on the way (also logged).
     ct: the CT (HU) as given; masks: used structures as bool Volumes on the CT grid.
     model_grid: the grid the model saw.
@@ -84,6 +85,7 @@ class PredictionResult:
     masks: dict[str, Volume]
     model_grid: Grid
     warnings: list[str] = field(default_factory=list)
+    views: tuple[str, ...] = ("axial",)
 
     @property
     def highest_prescription_gy(self) -> float:
@@ -359,6 +361,7 @@ def predict_dose(
     model_path: str | Path | None = None,
     device: str = "auto",
     tta: bool = False,
+    views: Sequence[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
 ) -> PredictionResult:
@@ -370,7 +373,8 @@ def predict_dose(
     prescriptions: patient structure name -> prescription (Gy), making that structure a target
       (overrides a dose read from its name).
     model_path: weights file (default ``weights.default_model_path()``); device "auto" | "cpu" | "cuda".
-    tta: average over left-right flipped inputs. progress(done, total): slices predicted so far.
+    tta: average over left-right flipped inputs. views: slice orientations averaged (default: the
+    model card's, see ``inference.card_views``). progress(done, total): slices predicted so far.
     cancel(): checked between batches; returning True raises ``inference.PredictionCancelled``.
     Raises InputError (bad CT, no overlap, no target), WeightsError (missing/mismatched weights).
     """
@@ -401,6 +405,7 @@ def predict_dose(
     path = resolve_model_path(model_path)
     torch_device = inference.resolve_device(device)
     model, card = weights.load_model(path, device=str(torch_device))
+    views = inference.card_views(card) if views is None else inference.check_views(views)
     timings["load_model"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -411,7 +416,7 @@ def predict_dose(
 
     t = time.perf_counter()
     dose_ijk = inference.predict_patient(
-        model, card, patient, device=torch_device, tta=tta, progress=progress, cancel=cancel
+        model, card, patient, device=torch_device, tta=tta, views=views, progress=progress, cancel=cancel
     )
     timings["inference"] = time.perf_counter() - t
 
@@ -437,6 +442,7 @@ def predict_dose(
         model_card=dict(card),
         model_path=str(path),
         tta=tta,
+        views=tuple(views),
         ct=ct,
         masks=masks,
         model_grid=grid,
@@ -569,6 +575,7 @@ def summary(
         "model": {"path": result.model_path, "card": result.model_card},
         "device": result.device,
         "tta": result.tta,
+        "views": list(result.views),
         "ct_grid": _grid_dict(result.ct.grid),
         "model_grid": _grid_dict(result.model_grid),
         "structures": {

@@ -43,6 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tta", action="store_true", help="average over left-right flipped inputs (test-time augmentation)"
     )
+    parser.add_argument(
+        "--views",
+        metavar="V[,V...]",
+        help="slice orientations to average (axial, coronal, sagittal; default: the model card's)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -69,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         model_path=args.model,
         device=args.device,
         tta=args.tta,
+        views=[v.strip() for v in args.views.split(",") if v.strip()] if args.views else None,
         overwrite=args.overwrite,
         progress_bar=not args.no_progress,
         inputs=inputs,
@@ -85,6 +91,7 @@ def predict_and_write(
     model_path: Path | None = None,
     device: str = "auto",
     tta: bool = False,
+    views: list[str] | None = None,
     overwrite: bool = False,
     progress_bar: bool = True,
     inputs: dict | None = None,
@@ -106,7 +113,14 @@ def predict_and_write(
 
     try:
         result = predict_dose(
-            ct, structures, prescriptions=rx, model_path=model_path, device=device, tta=tta, progress=progress
+            ct,
+            structures,
+            prescriptions=rx,
+            model_path=model_path,
+            device=device,
+            tta=tta,
+            views=views,
+            progress=progress,
         )
     finally:
         for bar in bars:
