@@ -63,6 +63,11 @@ def check_views(views: Sequence[str]) -> tuple[str, ...]:
     return views
 
 
+def parse_views(text: str) -> tuple[str, ...]:
+    """Comma-separated view names (a CLI option) -> checked tuple (InputError naming the bad one)."""
+    return check_views(v.strip() for v in text.split(",") if v.strip())
+
+
 def lr_in_plane(view: str) -> bool:
     """Whether the right -> left axis (1) lies in the slices of ``view`` (as their columns)."""
     return 1 in VIEW_PLANE[view]

@@ -223,10 +223,10 @@ class TrainConfig:
 
     def view_names(self) -> tuple[str, ...]:
         """The slice orientations, from the comma-separated ``views``."""
-        from MambaDoseLib.inference import check_views
+        from MambaDoseLib.inference import parse_views
 
         try:
-            return check_views(v.strip() for v in self.views.split(",") if v.strip())
+            return parse_views(self.views)
         except InputError as exc:
             raise InputError(f"--views {self.views!r}: {exc}") from exc
 

@@ -53,6 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..inference import parse_views
     from ..names import parse_rx
     from ..predict import check_output_dir, load_ct, load_structures
 
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         model_path=args.model,
         device=args.device,
         tta=args.tta,
-        views=[v.strip() for v in args.views.split(",") if v.strip()] if args.views else None,
+        views=parse_views(args.views) if args.views else None,
         overwrite=args.overwrite,
         progress_bar=not args.no_progress,
         inputs=inputs,

@@ -70,11 +70,7 @@ def run(args: argparse.Namespace) -> int:
     device = inference.resolve_device(args.device)
     model_path = args.model or weights.default_model_path()
     model, card = weights.load_model(model_path, device=device)
-    views = (
-        inference.check_views(v.strip() for v in args.views.split(",") if v.strip())
-        if args.views
-        else inference.card_views(card)
-    )
+    views = inference.parse_views(args.views) if args.views else inference.card_views(card)
     log.info(
         "model %s on device %s (%s), views %s", model_path, device, _device_name(device), ",".join(views)
     )
