@@ -358,3 +358,43 @@ def test_multi_view_training_writes_views_into_the_card(phantoms, tmp_path):
     assert card["views"] == ["axial", "sagittal"]
     with pytest.raises(InputError, match="views"):
         _config(tmp_path, views="axial,oblique").check()
+
+
+def test_weight_average_is_validated_exported_and_resumed(phantoms, tmp_path):
+    from MambaDoseTrainingLib.train import make_ema
+
+    # the average follows avg = d * avg + (1 - d) * current, BatchNorm buffers included
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.BatchNorm2d(2))
+    ema = make_ema(net, 0.9)
+    start = [t.detach().clone() for t in ema.module.state_dict().values()]
+    with torch.no_grad():
+        for t in net.parameters():
+            t.add_(1.0)
+        net[1].running_mean.add_(1.0)
+    ema.update_parameters(net)  # the first update copies
+    ema.update_parameters(net)
+    assert torch.allclose(ema.module[1].running_mean, net[1].running_mean)
+    with torch.no_grad():
+        net[0].weight.add_(1.0)
+    ema.update_parameters(net)
+    assert torch.allclose(ema.module[0].weight, net[0].weight - 0.9)
+    assert make_ema(net, 0.0) is None and len(start) == 7
+
+    train, val = phantoms
+    full = run_training(_config(tmp_path / "full", ema_decay=0.9), train, val)
+    ckpt = torch.load(tmp_path / "full" / LAST, weights_only=True)
+    best = torch.load(tmp_path / "full" / BEST, weights_only=True)["model"]
+    averaged = {k[len("module.") :]: v for k, v in ckpt["ema"].items() if k.startswith("module.")}
+    assert set(best) == set(averaged) == set(ckpt["model"])
+    if full["best_epoch"] == full["epochs"]:  # the best checkpoint holds the average, not the raw weights
+        assert all(torch.equal(best[k], averaged[k]) for k in best)
+        assert not all(torch.equal(best[k], ckpt["model"][k]) for k in best)
+    # a run stopped by its time limit continues the average exactly
+    part = tmp_path / "part"
+    run_training(_config(part, ema_decay=0.9, time_limit_s=1e-3), train, val)
+    resumed = run_training(_config(part, ema_decay=0.9, resume=True), train, val)
+    assert [h["val_dose_score"] for h in resumed["history"]] == [h["val_dose_score"] for h in full["history"]]
+    again = torch.load(part / LAST, weights_only=True)["ema"]
+    assert all(torch.equal(again[k], ckpt["ema"][k]) for k in again)
+    with pytest.raises(InputError, match="ema"):
+        _config(tmp_path / "x", ema_decay=1.0).check()

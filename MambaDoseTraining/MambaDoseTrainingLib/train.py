@@ -36,7 +36,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,6 +95,9 @@ class TrainConfig:
     ``slices_per_epoch`` caps an epoch; ``max_train_patients`` / ``max_val_patients`` take the
     first patients only (quick runs).
     Time: ``time_limit_s`` (wall seconds from the start of this call) stops cleanly between epochs.
+    Weights: ``ema_decay`` > 0 keeps an exponential moving average of the weights and BatchNorm
+    buffers (``torch.optim.swa_utils.AveragedModel``), updated after every optimiser step;
+    validation, the best checkpoint and the exported model then use the average.
     """
 
     train_cache: str = ""
@@ -116,6 +119,7 @@ class TrainConfig:
     patience: int = 10
     loss_beta: float = 0.05
     grad_clip: float = 1.0
+    ema_decay: float = 0.0
     seed: int = 0
     compile: bool = False
     channels_last: bool = False
@@ -183,6 +187,7 @@ class TrainConfig:
             patience=args.patience,
             loss_beta=args.loss_beta,
             grad_clip=args.grad_clip,
+            ema_decay=args.ema,
             seed=args.seed,
             compile=args.compile,
             channels_last=args.channels_last,
@@ -215,6 +220,8 @@ class TrainConfig:
                 raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
         if self.lr <= 0 or self.loss_beta <= 0:
             raise InputError(f"--lr and --loss-beta must be > 0, got {self.lr} and {self.loss_beta}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise InputError(f"--ema must lie in [0, 1), got {self.ema_decay}")
         if self.warmup_epochs < 0:
             raise InputError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs}")
         if self.slices_per_epoch is not None and self.slices_per_epoch < 1:
@@ -261,6 +268,17 @@ def masked_smooth_l1(
     loss = F.smooth_l1_loss(pred.float(), target.float(), reduction="none", beta=beta)
     w = weight.float()
     return (loss * w).sum() / w.sum().clamp_min(1.0)
+
+
+def make_ema(model: torch.nn.Module, decay: float) -> torch.nn.Module | None:
+    """An exponential moving average of ``model``'s parameters and buffers (BatchNorm statistics
+    included), ``avg = decay * avg + (1 - decay) * current`` after each update; None when
+    ``decay`` is 0. PyTorch's ``AveragedModel`` with ``get_ema_multi_avg_fn``."""
+    if decay <= 0:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def lr_factor(step: int, steps_per_epoch: int, warmup_epochs: int, epochs: int) -> float:
@@ -863,6 +881,13 @@ def _train(
         )
     if cfg.compile:
         model = torch.compile(model)
+    ema = make_ema(raw_model, cfg.ema_decay)
+    if ema is not None and ckpt is not None:
+        if "ema" not in ckpt:
+            raise InputError(f"{out / LAST}: saved without --ema, so it cannot continue with --ema")
+        ema.load_state_dict(ckpt["ema"])
+    eval_model = raw_model if ema is None else ema.module
+    after_step = None if ema is None else (lambda: ema.update_parameters(raw_model))
 
     drawn, steps_per_epoch = epoch_plan(len(data.train), len(data.train.patient_ids), cfg, rt.world_size)
     optimizer = torch.optim.AdamW(
@@ -913,7 +938,7 @@ def _train(
         t_epoch = time.monotonic()
         epoch = state.epoch
         loss, train_s = train_one_epoch(
-            model, data, cfg, rt, optimizer, scheduler, epoch, drawn, steps_per_epoch
+            model, data, cfg, rt, optimizer, scheduler, epoch, drawn, steps_per_epoch, after_step
         )
         if not math.isfinite(loss):
             raise RuntimeError(f"training loss is {loss} at epoch {epoch + 1}; lower --lr or check data")
@@ -930,7 +955,7 @@ def _train(
         if rt.is_main:
             if state.epoch % cfg.val_every == 0 or state.epoch == cfg.epochs:
                 t_val = time.monotonic()
-                metrics = validate(raw_model, data.val, data.val_refs, cfg, device)
+                metrics = validate(eval_model, data.val, data.val_refs, cfg, device)
                 row.update(metrics)
                 row["val_time_s"] = time.monotonic() - t_val
                 if metrics["val_dose_score"] < state.best_score:
@@ -940,7 +965,7 @@ def _train(
                     atomic_torch_save(
                         {
                             "format": CHECKPOINT_FORMAT,
-                            "model": raw_model.state_dict(),
+                            "model": eval_model.state_dict(),
                             "model_config": model_config_dict,
                             "epoch": state.epoch,
                             "metrics": state.best_metrics,
@@ -953,7 +978,7 @@ def _train(
             row["epoch_time_s"] = epoch_s
             state.history.append(row)
             state.wall_s += epoch_s
-            _write_checkpoint(out, raw_model, optimizer, scheduler, state, cfg, model_config_dict)
+            _write_checkpoint(out, raw_model, optimizer, scheduler, state, cfg, model_config_dict, ema)
             write_history_csv(state.history, out / "history.csv")
             if state.epoch % 10 == 0:  # and at the end of the call (matplotlib takes ~1 s)
                 plot_curves(state.history, out / "curves.png")
@@ -1033,8 +1058,10 @@ def train_one_epoch(
     epoch: int,
     drawn: int,
     steps_per_epoch: int,
+    after_step: Callable[[], None] | None = None,
 ) -> tuple[float, float]:
-    """One epoch of optimiser steps; returns (mean loss over steps and ranks, train seconds)."""
+    """One epoch of optimiser steps; returns (mean loss over steps and ranks, train seconds).
+    ``after_step()`` runs after each optimiser step (the weight average's update)."""
     from MambaDoseLib.inference import lr_in_plane
     from tqdm import tqdm
 
@@ -1077,6 +1104,8 @@ def train_one_epoch(
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         scheduler.step()
+        if after_step is not None:
+            after_step()
         loss_sum += loss.detach()
         bar.update(1)
         if not bar.disable and step % 20 == 0:
@@ -1105,10 +1134,13 @@ def _write_checkpoint(
     state: TrainState,
     cfg: TrainConfig,
     model_config_dict: dict,
+    ema: torch.nn.Module | None = None,
 ) -> None:
+    extra = {} if ema is None else {"ema": ema.state_dict()}
     atomic_torch_save(
         {
             "format": CHECKPOINT_FORMAT,
+            **extra,
             "model": model.state_dict(),
             "model_config": model_config_dict,
             "optimizer": optimizer.state_dict(),

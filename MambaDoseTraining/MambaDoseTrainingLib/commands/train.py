@@ -107,6 +107,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="SmoothL1 threshold on the [-1, 1] dose scale (0.05 = 2 Gy)",
     )
     opt.add_argument("--grad-clip", type=float, default=1.0)
+    opt.add_argument(
+        "--ema",
+        type=float,
+        default=0.0,
+        metavar="DECAY",
+        help="keep an exponential moving average of the weights (e.g. 0.999) and validate, select "
+        "and export it (default 0: off)",
+    )
     opt.add_argument("--seed", type=int, default=0)
 
     aug = parser.add_argument_group("augmentation")

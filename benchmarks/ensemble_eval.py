@@ -1,0 +1,75 @@
+"""Score several trained models and their voxel-wise mean on an OpenKBP split (CPU or GPU).
+
+    python benchmarks/ensemble_eval.py MODEL[@VIEWS] MODEL[@VIEWS] ... [--split DIR] [--store DIR]
+
+Each MODEL is a .safetensors file with its card; ``@axial,coronal`` overrides the card's views.
+Every model predicts every patient once through ``inference.predict_patient`` (kept in
+``--store`` as .npy, reused by later calls); then the script prints, for each model alone and for
+the mean of all of them, the challenge's dose score and DVH score (``metrics``, mean over
+patients; DVH also pooled). Tune on validation only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import time
+from pathlib import Path
+
+import numpy as np
+from MambaDoseLib import inference, metrics, openkbp, weights
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="+", help="MODEL.safetensors[@view,view]")
+    parser.add_argument("--split", type=Path, default=Path("/tmp/openkbp/validation-pats"))
+    parser.add_argument("--store", type=Path, default=Path("/tmp/mambadose-ensemble"))
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+
+    members = []
+    for spec in args.models:
+        path, _, views = spec.partition("@")
+        model, card = weights.load_model(path, device=args.device)
+        views = inference.parse_views(views) if views else inference.card_views(card)
+        key = hashlib.sha1(f"{card['sha256']}{views}".encode()).hexdigest()[:12]
+        store = args.store / key
+        store.mkdir(parents=True, exist_ok=True)
+        members.append(
+            (f"{Path(path).parent.name}/{Path(path).name}@{','.join(views)}", model, card, views, store)
+        )
+
+    scores: dict[str, list[tuple[float, float]]] = {}
+    pairs: dict[str, list] = {}
+    for folder in openkbp.list_patient_dirs(args.split):
+        patient = openkbp.read_patient(folder)
+        ref = metrics.openkbp_dvh_metrics(patient.dose_gy, patient.structures, patient.voxel_volume_mm3)
+        doses = []
+        for name, model, card, views, store in members:
+            stored = store / f"{folder.name}.npy"
+            if not stored.exists():
+                t0 = time.perf_counter()
+                dose = inference.predict_patient(model, card, patient, device=args.device, views=views)
+                np.save(stored, dose)
+                print(f"{name} {folder.name}: {time.perf_counter() - t0:.1f} s", flush=True)
+            doses.append((name, np.load(stored)))
+        if len(doses) > 1:
+            doses.append(("mean of all", np.mean([d for _, d in doses], axis=0)))
+        for name, dose in doses:
+            pred = metrics.openkbp_dvh_metrics(dose, patient.structures, patient.voxel_volume_mm3)
+            score = metrics.dose_score(dose, patient.dose_gy, patient.possible_dose_mask)
+            scores.setdefault(name, []).append((score, metrics.dvh_score(pred, ref)))
+            pairs.setdefault(name, []).append((pred, ref))
+    n = len(next(iter(scores.values())))
+    print(f"{n} patients of {args.split}")
+    print(f"{'model':60s} dose score  DVH score  DVH pooled")
+    for name, values in scores.items():
+        d, v = np.array(values).T
+        pooled = metrics.dvh_score_pooled(pairs[name])
+        print(f"{name:60s} {d.mean():10.4f} {np.nanmean(v):10.4f} {pooled:11.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
