@@ -146,3 +146,40 @@ def test_default_model_path(monkeypatch, saved, tmp_path: Path) -> None:
     else:
         with pytest.raises(WeightsError, match="no shipped model weights"):
             default_model_path()
+
+
+def test_ensemble_averages_its_members_and_round_trips(tmp_path: Path) -> None:
+    from MambaDoseLib.model import MambaUNetV2Ensemble, set_backend
+
+    members = [_trained_like_model(seed) for seed in (0, 1, 2)]
+    ensemble = MambaUNetV2Ensemble(members[0].config, 3)
+    for slot, member in zip(ensemble.members, members, strict=True):
+        slot.load_state_dict(member.state_dict())
+    ensemble.eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        expected = sum(m(x) for m in members) / 3
+        torch.testing.assert_close(ensemble(x), expected)
+    path = tmp_path / "ensemble.safetensors"
+    card = save_model(path, ensemble, _card())
+    assert card["ensemble_size"] == 3 and all(k.startswith("members.") for k in card["tensors"])
+    loaded, card = load_model(path, backend="torch")
+    assert isinstance(loaded, MambaUNetV2Ensemble) and loaded.config.backend == "torch"
+    assert all(m.config.backend == "torch" for m in loaded.members)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), expected)
+    set_backend(loaded, "auto")
+    assert loaded.members[2].config.backend == "auto"
+    with pytest.raises(ValueError, match="at least 2"):
+        MambaUNetV2Ensemble(members[0].config, 1)
+    # a card that claims another size, or a bad one, is refused by name
+    for size in (2, 0, "3"):
+        bad = dict(card, ensemble_size=size)
+        card_path(path).write_text(json.dumps(bad))
+        with pytest.raises(WeightsError, match="ensemble_size|tensors do not match"):
+            load_model(path)
+
+
+def test_single_model_card_has_no_ensemble_size(saved) -> None:
+    path, _ = saved
+    assert "ensemble_size" not in json.loads(card_path(path).read_text())

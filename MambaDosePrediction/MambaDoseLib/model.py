@@ -300,6 +300,38 @@ class MambaUNetV2(nn.Module):
         return self.head(x).float()
 
 
+class MambaUNetV2Ensemble(nn.Module):
+    """``size`` MambaUNetV2 networks of one config, trained separately; the output is their mean.
+
+    Same interface as MambaUNetV2 ((B, C_in, H, W) -> (B, C_out, H, W), ``config``); state_dict
+    keys are ``members.<i>.<MambaUNetV2 key>``. Averaging independently trained networks lowers
+    the variance part of the error (README, "Training and results"); it costs ``size`` forward
+    passes.
+    """
+
+    def __init__(self, config: MambaUNetConfig, size: int) -> None:
+        super().__init__()
+        if size < 2:
+            raise ValueError(f"an ensemble needs at least 2 members, got {size}")
+        self.members = nn.ModuleList(MambaUNetV2(config) for _ in range(size))
+
+    @property
+    def config(self) -> MambaUNetConfig:
+        return self.members[0].config
+
+    @config.setter
+    def config(self, value: MambaUNetConfig) -> None:
+        for member in self.members:
+            member.config = value
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean of the members' outputs, float32."""
+        total = self.members[0](x)
+        for member in self.members[1:]:
+            total = total + member(x)
+        return total / len(self.members)
+
+
 def set_backend(model: nn.Module, backend: str) -> None:
     """Switch every Mamba-2 layer of ``model`` (and its config, if any) to scan ``backend``."""
     if backend not in BACKENDS:

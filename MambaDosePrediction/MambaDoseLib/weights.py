@@ -8,6 +8,9 @@ statistics included); ``MambaUNetV2_OpenKBP.json`` says what they are::
      "normalisation": {...}, "training": {...},
      "tensors": {name: shape}, "sha256": hex digest of the safetensors file}
 
+An ensemble of MambaUNetV2 networks of one config (``model.MambaUNetV2Ensemble``) is one file too:
+its card adds ``"ensemble_size": N`` and its tensors are named ``members.<i>.<name>``.
+
 Loading checks the card against the file and refuses any mismatch with a WeightsError naming the
 file and the problem. Weights are never unpickled (no ``torch.load``).
 """
@@ -24,7 +27,7 @@ import torch
 from torch import nn
 
 from .errors import WeightsError
-from .model import MambaUNetConfig, MambaUNetV2, set_backend
+from .model import MambaUNetConfig, MambaUNetV2, MambaUNetV2Ensemble, set_backend
 
 CARD_FORMAT = "mambadose-model/1"
 ARCHITECTURE = "MambaUNetV2"
@@ -58,7 +61,7 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
-def save_model(path: str | os.PathLike, model: MambaUNetV2, card: dict) -> dict:
+def save_model(path: str | os.PathLike, model: MambaUNetV2 | MambaUNetV2Ensemble, card: dict) -> dict:
     """Write ``model``'s state_dict to ``path`` (safetensors) and its card to ``path.with_suffix('.json')``.
 
     ``card`` supplies "channels" (feature channel names, one per input channel), and usually
@@ -86,6 +89,10 @@ def save_model(path: str | os.PathLike, model: MambaUNetV2, card: dict) -> dict:
         tensors={name: list(t.shape) for name, t in tensors.items()},
         sha256=file_sha256(path),
     )
+    if isinstance(model, MambaUNetV2Ensemble):
+        full["ensemble_size"] = len(model.members)
+    else:
+        full.pop("ensemble_size", None)
     full.setdefault("normalisation", {})
     full.setdefault("training", {})
     text = json.dumps(full, indent=2) + "\n"
@@ -135,6 +142,7 @@ def load_model(
     path: str | os.PathLike, device: str | torch.device = "cpu", backend: str = "auto"
 ) -> tuple[MambaUNetV2, dict]:
     """Load weights and card written by save_model; returns (model in eval mode on ``device``, card).
+    The model is a MambaUNetV2, or a MambaUNetV2Ensemble when the card has ``ensemble_size`` > 1.
 
     Checks: card present and well-formed, file SHA-256 equals the card's, file readable as
     safetensors, tensor names/shapes equal in card, file and model, ``in_channels ==
@@ -162,11 +170,14 @@ def load_model(
         raise WeightsError(
             f"{card_path(path)}: config in_channels={config.in_channels} but {len(card['channels'])} channels listed"
         )
+    size = card.get("ensemble_size", 1)
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise WeightsError(f"{card_path(path)}: ensemble_size must be a positive integer, got {size!r}")
     try:
         tensors = load_file(path, device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from exc
-    model = MambaUNetV2(config)
+    model = MambaUNetV2(config) if size == 1 else MambaUNetV2Ensemble(config, size)
     _check_tensors(path, tensors, card, model)
     try:
         model.load_state_dict(tensors, strict=True)

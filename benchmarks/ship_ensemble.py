@@ -1,0 +1,81 @@
+"""Join separately trained MambaUNetV2 models into one ensemble file (``model.MambaUNetV2Ensemble``).
+
+    python benchmarks/ship_ensemble.py OUT.safetensors MEMBER.safetensors MEMBER.safetensors ...
+        [--views axial] [--validation EVALUATE_OUTPUT.txt]
+
+Every member must have the same architecture config and channel list. The card keeps each
+member's training summary (without its per-epoch history) under ``training.members``; its
+``views`` are ``--views`` (default: the first member's); ``--validation`` copies the dose score,
+DVH score and pooled DVH score from the output of ``mambadose evaluate`` run on the ensemble's
+predictions (``mambadose predict-openkbp ... --model OUT``), so the card states measured figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from MambaDoseLib.inference import card_views, parse_views
+from MambaDoseLib.model import MambaUNetV2Ensemble
+from MambaDoseLib.weights import load_model, save_model, set_backend
+
+
+def evaluate_figures(text: str) -> dict[str, float]:
+    """dose_score, dvh_score (per patient) and the pooled DVH score from `mambadose evaluate` output."""
+    figures = {}
+    for key, pattern in (
+        ("val_dose_score", r"^dose_score ([0-9.]+)$"),
+        ("val_dvh_score_pooled", r"^dvh_score ([0-9.]+)$"),
+        ("val_dvh_score", r"DVH score per patient, Gy: ([0-9.]+)"),
+    ):
+        match = re.search(pattern, text, re.MULTILINE)
+        if match is None:
+            raise SystemExit(f"--validation: no {key} in the evaluate output")
+        figures[key] = float(match.group(1))
+    return figures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("members", nargs="+", type=Path)
+    parser.add_argument("--views", default=None)
+    parser.add_argument("--validation", type=Path, default=None)
+    args = parser.parse_args()
+    if len(args.members) < 2:
+        raise SystemExit("an ensemble needs at least two members")
+
+    loaded = [load_model(path) for path in args.members]
+    first_model, first_card = loaded[0]
+    for path, (model, card) in zip(args.members, loaded, strict=True):
+        if model.config != first_model.config or card["channels"] != first_card["channels"]:
+            raise SystemExit(f"{path}: config or channels differ from {args.members[0]}")
+    ensemble = MambaUNetV2Ensemble(first_model.config, len(loaded))
+    for member, (model, _) in zip(ensemble.members, loaded, strict=True):
+        member.load_state_dict(model.state_dict())
+    set_backend(ensemble, "auto")
+    views = parse_views(args.views) if args.views else card_views(first_card)
+    members = []
+    for path, (_, card) in zip(args.members, loaded, strict=True):
+        summary = {k: v for k, v in card.get("training", {}).items() if k not in ("run_history", "baselines")}
+        members.append(
+            {"file": path.name, "sha256": card["sha256"], "views": card.get("views", ["axial"]), **summary}
+        )
+    training = {"members": members}
+    if args.validation:
+        training["validation"] = evaluate_figures(args.validation.read_text())
+        training["validation_source"] = "mambadose evaluate on the ensemble's predict-openkbp output"
+    card = {
+        "channels": first_card["channels"],
+        "views": list(views),
+        "normalisation": first_card.get("normalisation", {}),
+        "training": training,
+    }
+    save_model(args.out, ensemble, card)
+    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB), {len(loaded)} members, views {views}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
