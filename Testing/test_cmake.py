@@ -17,7 +17,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = {"MambaDosePrediction": "MambaDoseLib", "MambaDoseTraining": "MambaDoseTrainingLib"}
 MODEL_DIR = ROOT / "Resources" / "Models"
-SHIPPED_MODEL = ("MambaUNetV2_OpenKBP.safetensors", "MambaUNetV2_OpenKBP.json")
+SHIPPED_MODEL = (
+    "MambaUNetV2_OpenKBP.safetensors",
+    "MambaUNetV2_OpenKBP.json",
+    "MambaUNetV2_OpenKBP_ensemble3.safetensors",
+    "MambaUNetV2_OpenKBP_ensemble3.json",
+)
 
 _COMMAND = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*\(((?:[^()\"]|\"[^\"]*\")*)\)", re.S)
 _ARG = re.compile(r'"[^"]*"|[^\s"]+')

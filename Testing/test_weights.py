@@ -183,3 +183,22 @@ def test_ensemble_averages_its_members_and_round_trips(tmp_path: Path) -> None:
 def test_single_model_card_has_no_ensemble_size(saved) -> None:
     path, _ = saved
     assert "ensemble_size" not in json.loads(card_path(path).read_text())
+
+
+def test_shipped_models_load_and_agree_with_their_cards() -> None:
+    from MambaDoseLib.features import CHANNELS
+    from MambaDoseLib.model import MambaUNetV2Ensemble
+
+    models = Path(__file__).resolve().parents[1] / "Resources" / "Models"
+    single, single_card = load_model(models / "MambaUNetV2_OpenKBP.safetensors", backend="torch")
+    ensemble, card = load_model(models / "MambaUNetV2_OpenKBP_ensemble3.safetensors", backend="torch")
+    assert isinstance(ensemble, MambaUNetV2Ensemble) and card["ensemble_size"] == 3
+    assert card["channels"] == single_card["channels"] == list(CHANNELS) and card["views"] == ["axial"]
+    assert card["training"]["members"][0]["sha256"] == single_card["sha256"]
+    # member 0 is the shipped single model, weight for weight
+    shipped = single.state_dict()
+    assert all(torch.equal(t, shipped[k]) for k, t in ensemble.members[0].state_dict().items())
+    assert (
+        card["training"]["validation"]["val_dose_score"]
+        < single_card["training"]["validation"]["val_dose_score"]
+    )

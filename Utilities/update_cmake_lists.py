@@ -2,7 +2,12 @@
 
 from pathlib import Path
 
-MODELS = ("MambaUNetV2_OpenKBP.safetensors", "MambaUNetV2_OpenKBP.json")
+MODELS = (
+    "MambaUNetV2_OpenKBP.safetensors",
+    "MambaUNetV2_OpenKBP.json",
+    "MambaUNetV2_OpenKBP_ensemble3.safetensors",
+    "MambaUNetV2_OpenKBP_ensemble3.json",
+)
 
 
 def py_files(module: str, lib: str) -> list[str]:
@@ -30,7 +35,7 @@ def write(module: str, lib: str, models: bool) -> None:
     text += block("MODULE_PYTHON_SCRIPTS", py_files(module, lib)) + "\n"
     text += block("MODULE_PYTHON_RESOURCES", resources(module))
     if models:
-        text += "\n# The shipped model (weights + model card), installed where weights.default_model_path() looks.\n"
+        text += "\n# The shipped models (weights + model cards), installed where weights.default_model_path() looks.\n"
         text += block("MODULE_MODEL_FILES", [f"../Resources/Models/{m}" for m in MODELS])
         text += "foreach(_model_file ${MODULE_MODEL_FILES})\n"
         text += "  if(EXISTS ${CMAKE_CURRENT_SOURCE_DIR}/${_model_file})\n"
