@@ -74,6 +74,7 @@ class MambaDosePredictionParameterNode:
     segmentation: vtkMRMLSegmentationNode
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     testTimeAugmentation: bool = False
+    useEnsemble: bool = False
     replaceOutputs: bool = False
 
 
@@ -303,7 +304,8 @@ class MambaDosePredictionWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
                 self._parameterNode.segmentation,
                 mapping,
                 prescriptions,
-                modelPath=self.ui.modelPathLineEdit.currentPath or None,
+                modelPath=self.ui.modelPathLineEdit.currentPath
+                or ("ensemble" if self._parameterNode.useEnsemble else None),
                 device=self._parameterNode.device,
                 tta=self._parameterNode.testTimeAugmentation,
             )

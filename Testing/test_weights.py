@@ -202,3 +202,19 @@ def test_shipped_models_load_and_agree_with_their_cards() -> None:
         card["training"]["validation"]["val_dose_score"]
         < single_card["training"]["validation"]["val_dose_score"]
     )
+
+
+def test_model_argument_names_a_file_or_the_shipped_ensemble(tmp_path: Path, monkeypatch) -> None:
+    from MambaDoseLib import weights
+
+    monkeypatch.delenv(weights.MODEL_ENV, raising=False)
+    assert weights.model_path_from_arg(None) == weights.models_dir() / weights.DEFAULT_MODEL_NAME
+    assert weights.model_path_from_arg("ensemble") == weights.models_dir() / weights.ENSEMBLE_MODEL_NAME
+    assert weights.model_path_from_arg(tmp_path / "x.safetensors") == tmp_path / "x.safetensors"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ensemble").write_bytes(b"")  # a file of that name wins
+    assert weights.model_path_from_arg("ensemble") == Path("ensemble")
+    (tmp_path / "ensemble").unlink()
+    monkeypatch.setattr(weights, "models_dir", lambda: tmp_path)
+    with pytest.raises(WeightsError, match="ensemble is not installed"):
+        weights.model_path_from_arg("ensemble")

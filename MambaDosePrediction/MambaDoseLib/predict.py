@@ -341,10 +341,11 @@ def _model_masks(
 
 
 def resolve_model_path(model_path: str | Path | None = None) -> Path:
-    """The weights file to use (default ``weights.default_model_path()``); WeightsError when absent."""
+    """The weights file to use (``weights.model_path_from_arg``: default the shipped model,
+    ``"ensemble"`` the shipped ensemble); WeightsError when absent."""
     from . import weights
 
-    path = Path(model_path) if model_path is not None else weights.default_model_path()
+    path = weights.model_path_from_arg(model_path)
     if not path.is_file():
         raise WeightsError(
             f"{path}: model weights not found"

@@ -36,7 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME=GY",
         help="prescription of a target structure (repeatable); makes NAME a target, e.g. --rx PTV_high=70",
     )
-    parser.add_argument("--model", type=Path, help="weights file (.safetensors; default: the shipped model)")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        help="weights file (.safetensors; default: the shipped model; 'ensemble': the shipped ensemble)",
+    )
     parser.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run the model"
     )

@@ -23,7 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="folder for pt_<N>.csv predictions")
     parser.add_argument(
-        "--model", type=Path, metavar="FILE", help="weights (.safetensors; default: shipped model)"
+        "--model",
+        type=Path,
+        metavar="FILE",
+        help="weights (.safetensors; default: the shipped model; 'ensemble': the shipped ensemble)",
     )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: auto")
     parser.add_argument(
@@ -68,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     _check_outputs(out_paths, args.overwrite)
 
     device = inference.resolve_device(args.device)
-    model_path = args.model or weights.default_model_path()
+    model_path = weights.model_path_from_arg(args.model)
     model, card = weights.load_model(model_path, device=device)
     views = inference.parse_views(args.views) if args.views else inference.card_views(card)
     log.info(
