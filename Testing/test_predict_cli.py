@@ -133,6 +133,7 @@ def _check_outputs(out, ct_path, structures_dir):
     assert summary["disclaimer"] == RESEARCH_DISCLAIMER
     assert summary["device"].startswith("cpu")
     assert {"inference", "total"} <= set(summary["timings_s"])
+    assert "channels" in summary["model"]["card"] and "tensors" not in summary["model"]["card"]
     for png in ("dvh.png", "isodose_axial.png", "isodose_coronal.png", "isodose_sagittal.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     return dose, summary

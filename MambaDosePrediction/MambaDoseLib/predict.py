@@ -573,7 +573,11 @@ def summary(
         "disclaimer": RESEARCH_DISCLAIMER,
         "mambadose_version": __version__,
         "inputs": dict(inputs or {}),
-        "model": {"path": result.model_path, "card": result.model_card},
+        # the card without its tensor listing (names and shapes: the weights file holds them)
+        "model": {
+            "path": result.model_path,
+            "card": {k: v for k, v in result.model_card.items() if k != "tensors"},
+        },
         "device": result.device,
         "tta": result.tta,
         "views": list(result.views),

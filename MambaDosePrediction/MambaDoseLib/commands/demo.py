@@ -30,7 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default ./{DEFAULT_OUT})"
     )
     parser.add_argument(
-        "--model", type=Path, help="weights file (default: the shipped model; 'ensemble': the shipped ensemble)"
+        "--model",
+        type=Path,
+        help="weights file (default: the shipped model; 'ensemble': the shipped ensemble)",
     )
     parser.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run the model"
