@@ -320,7 +320,7 @@ def test_cli_trains_from_cache_folders(phantoms, tmp_path):
 
 def test_slices_of_all_views_pad_to_one_size_and_rebuild_the_dose(phantoms):
     from MambaDoseLib.features import normalise_dose
-    from MambaDoseLib.inference import to_slices, views_in_pdm
+    from MambaDoseLib.inference import slices_with_voxels, to_slices
     from MambaDoseTrainingLib.dataset import patient_slices
 
     p = phantoms[0][0]  # (32, 32, 16): axial slices 32 x 32, coronal and sagittal 16 x 32
@@ -329,7 +329,7 @@ def test_slices_of_all_views_pad_to_one_size_and_rebuild_the_dose(phantoms):
     assert s.features.shape[2:] == (32, 32)
     for number, view in enumerate(views):
         sel = s.view_index == number
-        keep = views_in_pdm(p.possible_dose_mask, view)
+        keep = slices_with_voxels(p.possible_dose_mask, view)
         assert np.array_equal(s.slice_index[sel], keep)
         h, w = to_slices(p.possible_dose_mask, view).shape[1:]
         assert np.array_equal(s.mask[sel][:, :h, :w], to_slices(p.possible_dose_mask, view)[keep])

@@ -88,7 +88,7 @@ def from_slices(slices: np.ndarray, view: str) -> np.ndarray:
     return np.transpose(slices, np.argsort((VIEWS[view], rows, cols)))
 
 
-def views_in_pdm(mask: np.ndarray, view: str) -> np.ndarray:
+def slices_with_voxels(mask: np.ndarray, view: str) -> np.ndarray:
     """Indices of the ``view`` slices of an (I, J, K) mask that hold any voxel of it."""
     return np.flatnonzero(to_slices(np.asarray(mask, bool), view).any(axis=(1, 2)))
 
@@ -125,6 +125,14 @@ def lr_swap_pairs(channels: Sequence[str]) -> list[tuple[int, int]]:
     return pairs
 
 
+def swap_order(n_channels: int, pairs: Sequence[tuple[int, int]]) -> list[int]:
+    """Channel order ``0..n-1`` with each pair ``(i, j)`` exchanged (see :func:`lr_swap_pairs`)."""
+    order = list(range(n_channels))
+    for i, j in pairs:
+        order[i], order[j] = order[j], order[i]
+    return order
+
+
 def _check_flips(flips: Sequence[tuple[int, ...]]) -> tuple[tuple[int, ...], ...]:
     for flip in flips:
         if any(a not in (0, 1) for a in flip):
@@ -141,10 +149,7 @@ def _flipped(
         return features
     out = np.flip(features, axis=[a + 1 for a in flip])
     if 1 in flip and swap_channels:
-        order = list(range(features.shape[0]))
-        for i, j in swap_channels:
-            order[i], order[j] = order[j], order[i]
-        out = out[order]
+        out = out[swap_order(features.shape[0], swap_channels)]
     return out
 
 

@@ -81,15 +81,10 @@ def lr_swap_permutation(channels: tuple[str, ...] | list[str]) -> list[int] | No
     Uses the same pairing as test-time augmentation (``inference.lr_swap_pairs``); None when no
     pair exists.
     """
-    from MambaDoseLib.inference import lr_swap_pairs
+    from MambaDoseLib.inference import lr_swap_pairs, swap_order
 
     pairs = lr_swap_pairs(channels)
-    if not pairs:
-        return None
-    perm = list(range(len(channels)))
-    for i, j in pairs:
-        perm[i], perm[j] = j, i
-    return perm
+    return swap_order(len(channels), pairs) if pairs else None
 
 
 def affine_theta(
@@ -180,12 +175,11 @@ def augment_batch(
     perm = lr_swap_permutation(channels) if (channels and config.swap_lr_channels) else None
     order = None if perm is None else perm + [c, c + 1]
 
-    def mirror(x: torch.Tensor) -> torch.Tensor:
-        x = x.flip(-1)
-        return x if order is None else x[:, order]
-
     def swap_only(x: torch.Tensor) -> torch.Tensor:
         return x if order is None else x[:, order]
+
+    def mirror(x: torch.Tensor) -> torch.Tensor:
+        return swap_only(x.flip(-1))
 
     in_plane = torch.ones(b, dtype=torch.bool) if lr_in_plane is None else lr_in_plane.to("cpu", torch.bool)
     stack = _replace_rows(stack, torch.nonzero(flip_lr & in_plane).squeeze(1), mirror)

@@ -91,7 +91,7 @@ def patient_slices(
     ``inference.predict_volume`` pads), dose and mask are 0 there, so the padding carries no loss.
     """
     from MambaDoseLib.features import build_features, normalise_dose
-    from MambaDoseLib.inference import check_views, to_slices, views_in_pdm
+    from MambaDoseLib.inference import check_views, slices_with_voxels, to_slices
 
     if patient.dose_gy is None:
         raise InputError(f"patient {patient.patient_id} has no reference dose: it cannot be trained on")
@@ -102,9 +102,8 @@ def patient_slices(
     sizes = [to_slices(pdm, v).shape[1:] for v in views]
     size = (max(h for h, _ in sizes), max(w for _, w in sizes))
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("features", "dose", "mask", "slice", "view")}
-    for number, view in enumerate(views):
-        keep = views_in_pdm(pdm, view)
-        h, w = to_slices(pdm, view).shape[1:]
+    for number, (view, (h, w)) in enumerate(zip(views, sizes, strict=True)):
+        keep = slices_with_voxels(pdm, view)
         pad = ((0, 0), (0, size[0] - h), (0, size[1] - w))
         feats = to_slices(volume, view)[keep].astype(np.float16)
         parts["features"].append(np.pad(feats, pad[:1] + ((0, 0),) + pad[1:], mode="edge"))

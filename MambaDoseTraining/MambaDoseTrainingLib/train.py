@@ -592,11 +592,9 @@ def dose_volume_from_rows(
     total = np.zeros(ref.dose_gy.shape, np.float32)
     for number, view in enumerate(views):
         sel = view_index == number
-        part = np.zeros(ref.dose_gy.shape, np.float32)
-        target = to_slices(part, view)  # a view of part: writing into it fills part
+        target = to_slices(total, view)  # a view of total: adding into it adds into total
         h, w = target.shape[1:]
-        target[slice_index[sel]] = pred_rows[sel][:, :h, :w]  # rows may be padded (dataset)
-        total += part
+        target[slice_index[sel]] += pred_rows[sel][:, :h, :w]  # rows may be padded (dataset)
     mean = total / np.float32(len(views))
     dose = np.maximum(np.asarray(denormalise_dose(mean), np.float32), 0.0)
     dose[~ref.possible_dose_mask] = 0.0

@@ -12,18 +12,8 @@ export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=8
 runs=/tmp/runs; mkdir -p $runs
 gpus=$(nvidia-smi -L | wc -l)
 common="--train-cache /tmp/cache/train --val-cache /tmp/cache/val --feature-cache /tmp/feat --lr 3e-4 --batch-size 32 --channels-last --no-progress --resume"
-# the features once, before the runs share them (a file: spawned workers re-import the main script)
-cat > $runs/prebuild.py <<PY
-from pathlib import Path
-from MambaDoseTrainingLib.cache import list_cached
-from MambaDoseTrainingLib.dataset import build_slice_files, channels_for_preset, feature_folder
-if __name__ == "__main__":
-    ch = channels_for_preset("2d")
-    for split in ("train", "val"):
-        src = str(Path(f"/tmp/cache/{split}").resolve())
-        build_slice_files(feature_folder("/tmp/feat", src, ch), list_cached(src), ch, cache_dir=src, workers=32)
-PY
-python3 $runs/prebuild.py > $runs/features.log 2>&1
+# the features once, before the runs share them
+python3 benchmarks/gpu/prebuild_features.py > $runs/features.log 2>&1
 for i in $(seq 0 $((gpus - 1))); do
   CUDA_VISIBLE_DEVICES=$i setsid nohup python3 -m MambaDoseLib.cli train $common --seed $i --epochs $epochs \
     --time-limit $limit "$@" --out $runs/seed$i > $runs/seed$i.log 2>&1 < /dev/null &

@@ -17,22 +17,8 @@ views=axial,coronal,sagittal
 # one line: it is also pasted into the bash -c string of GPU 3 below
 common="--train-cache /tmp/cache/train --val-cache /tmp/cache/val --feature-cache /tmp/feat --views $views --lr 3e-4 --batch-size 32 --warmup-epochs 2 --channels-last --no-progress --resume"
 export OMP_NUM_THREADS=8  # several trainings share the host's cores
-# features of every view, once, for all runs (they share the feature cache); from a file, since
-# the spawned workers re-import the main script
-cat > $runs/prebuild.py <<PY
-from pathlib import Path
-from MambaDoseTrainingLib.cache import list_cached
-from MambaDoseTrainingLib.dataset import build_slice_files, channels_for_preset, feature_folder
-ch = channels_for_preset("2d")
-views = "$views".split(",")
-if __name__ == "__main__":
-  for split in ("train", "val"):
-    src = str(Path(f"/tmp/cache/{split}").resolve())
-    folder = feature_folder("/tmp/feat", src, ch, views)
-    build_slice_files(folder, list_cached(src), ch, cache_dir=src, workers=48, views=views)
-    print(split, "features in", folder, flush=True)
-PY
-python3 $runs/prebuild.py > $runs/features.log 2>&1
+# features of every view, once, for all runs (they share the feature cache)
+python3 benchmarks/gpu/prebuild_features.py --views $views --workers 48 > $runs/features.log 2>&1
 start() {  # name, GPUs, command...
   local name=$1 gpus=$2; shift 2
   CUDA_VISIBLE_DEVICES=$gpus setsid nohup "$@" --out $runs/$name > $runs/$name.log 2>&1 < /dev/null &

@@ -1,0 +1,37 @@
+"""Build the feature slice files of /tmp/cache/{train,val} once, before several trainings share them
+(benchmarks/gpu/multiview_runs.sh, ensemble_runs.sh). A file, not a heredoc: the spawned workers
+re-import the main script.
+
+    python3 benchmarks/gpu/prebuild_features.py [--views axial,coronal,sagittal] [--workers 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from MambaDoseLib.inference import parse_views
+from MambaDoseTrainingLib.cache import list_cached
+from MambaDoseTrainingLib.dataset import build_slice_files, channels_for_preset, feature_folder
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--views", default="axial")
+    parser.add_argument("--workers", type=int, default=32)
+    parser.add_argument("--root", default="/tmp/feat")
+    args = parser.parse_args()
+    channels = channels_for_preset("2d")
+    views = parse_views(args.views)
+    for split in ("train", "val"):
+        src = str(Path(f"/tmp/cache/{split}").resolve())  # as `mambadose train` keys its folders
+        folder = feature_folder(args.root, src, channels, views)
+        build_slice_files(
+            folder, list_cached(src), channels, cache_dir=src, workers=args.workers, views=views
+        )
+        print(split, "features in", folder, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
