@@ -7,6 +7,7 @@ where CUDA or mamba-ssm is missing.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from MambaDoseLib.mamba2 import (
     GatedRMSNorm,
     Mamba2,
     Mamba2D,
+    causal_depthwise_conv,
     resolve_backend,
     ssd_chunked,
     ssd_reference_recurrence,
@@ -105,6 +107,27 @@ def test_gated_rmsnorm_formula() -> None:
     y = x * torch.nn.functional.silu(z)
     expected = y / torch.sqrt(y.square().mean(-1, keepdim=True) + 1e-5) * norm.weight
     torch.testing.assert_close(norm(x, z), expected)
+
+
+@pytest.mark.parametrize("b,length,c,k", [(2, 1, 3, 4), (1, 7, 5, 4), (3, 33, 8, 2), (2, 16, 4, 1)])
+def test_causal_depthwise_conv_equals_conv1d(b: int, length: int, c: int, k: int) -> None:
+    g = torch.Generator().manual_seed(b * 100 + length)
+    x = torch.randn(b, length, c, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(c, 1, k, generator=g, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(c, generator=g, dtype=torch.float64, requires_grad=True)
+    ref = torch.nn.functional.conv1d(x.transpose(1, 2), w, bias, padding=k - 1, groups=c)[..., :length]
+    ref = ref.transpose(1, 2)
+    got = causal_depthwise_conv(x, w, bias)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    # gradients too (the training path): same for the input, weight and bias
+    grad = torch.randn(b, length, c, generator=g, dtype=torch.float64)
+    expected = torch.autograd.grad(ref, (x, w, bias), grad)
+    for a, e in zip(torch.autograd.grad(got, (x, w, bias), grad), expected, strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
+    # causal: changing the last position changes nothing before it
+    x2 = x.detach().clone()
+    x2[:, -1] += 1.0
+    torch.testing.assert_close(causal_depthwise_conv(x2, w, bias)[:, :-1], got[:, :-1].detach())
 
 
 def _mamba2_forward_by_hand(layer: Mamba2, u: torch.Tensor) -> torch.Tensor:
@@ -219,3 +242,63 @@ def test_state_dict_loads_strictly_into_mamba_ssm_and_back() -> None:
             back.backend = backend
             assert _rel(back(u), ref(u)) < 1e-3
     assert not math.isnan(_rel(back(u), ref(u)))
+
+
+class _TorchSSDCombined:
+    """Stand-in for mamba-ssm's ``ssd_combined`` module on CPU: the same two entry points
+    (signatures and return layout), computed by the chunked PyTorch scan and autograd."""
+
+    @staticmethod
+    def _forward(x, dt, A, B, C, chunk_size, D, dt_bias):
+        dt = torch.nn.functional.softplus(dt + dt_bias)
+        return ssd_chunked(x, dt, A, B[:, :, 0], C[:, :, 0], D, chunk_size)
+
+    @classmethod
+    def _mamba_chunk_scan_combined_fwd(cls, x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False):  # fmt: skip
+        assert z is None and dt_softplus
+        out = cls._forward(x, dt, A, B, C, chunk_size, D, dt_bias)
+        return out, None, None, None, None, None
+
+    @classmethod
+    def _mamba_chunk_scan_combined_bwd(cls, dout, x, dt, A, B, C, out, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False):  # fmt: skip
+        def grads():  # autograd is off inside a custom op's kernel (thread-local): use a thread
+            inputs = [t.detach().requires_grad_() for t in (x, dt, A, B, C, D, dt_bias)]
+            with torch.enable_grad():
+                y = cls._forward(*inputs[:5], chunk_size, inputs[5], inputs[6])
+                return torch.autograd.grad(y, inputs, dout)
+
+        with ThreadPoolExecutor(1) as pool:
+            dx, ddt, dA, dB, dC, dD, ddt_bias = pool.submit(grads).result()
+        return dx, ddt, dA, dB, dC, dD, None, ddt_bias, None
+
+
+def test_scan_custom_op_matches_autograd_and_compiles() -> None:
+    """The custom-op wrapper around mamba-ssm's forward/backward (exercised here with a PyTorch
+    stand-in): same output and gradients as the plain scan, passes torch.library.opcheck, and
+    traces into one graph under torch.compile (no graph break at the scan)."""
+    from MambaDoseLib.mamba2 import _register_triton_ops
+
+    op = _register_triton_ops(_TorchSSDCombined, namespace="mambadose_test")
+    x, dt, A, B, C, D = _random_scan_inputs(2, 20, 3, 4, 5, seed=3, dtype=torch.float64)
+    dt_raw = torch.randn_like(dt)
+    dt_bias = torch.randn(3, dtype=torch.float64)
+    args = [x, dt_raw, A, B.unsqueeze(2), C.unsqueeze(2), D, dt_bias]
+    leaves = [a.clone().requires_grad_() for a in args]
+    got = op(*leaves, 8)
+    ref_leaves = [a.clone().requires_grad_() for a in args]
+    ref = _TorchSSDCombined._forward(*ref_leaves[:5], 8, ref_leaves[5], ref_leaves[6])
+    torch.testing.assert_close(got, ref)
+    grad = torch.randn_like(ref)
+    for a, e in zip(
+        torch.autograd.grad(got, leaves, grad), torch.autograd.grad(ref, ref_leaves, grad), strict=True
+    ):
+        torch.testing.assert_close(a, e)
+    torch.library.opcheck(
+        op, (*leaves, 8), test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static")
+    )
+
+    def block(*tensors):
+        return (op(*tensors, 8) * 2.0).sum()
+
+    compiled = torch.compile(block, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(*leaves), block(*leaves))

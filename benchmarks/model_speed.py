@@ -122,6 +122,7 @@ def time_training(
     bf16: bool,
     in_channels: int,
     graph: bool = False,
+    compiled: bool = False,
 ) -> dict:
     """Training slices/s (forward + backward + AdamW step) and peak memory at one batch size.
 
@@ -134,6 +135,8 @@ def time_training(
     target = torch.randn(batch, 1, size, size, device=device)
 
     def step() -> None:
+        if compiled:
+            torch.compiler.cudagraph_mark_step_begin()  # a new training step (reduce-overhead mode)
         with autocast(device, bf16):
             pred = model(x)
         loss = torch.nn.functional.smooth_l1_loss(pred.float(), target, beta=0.1)
@@ -263,8 +266,17 @@ def main() -> int:
             for batch in (int(b) for b in args.batch.split(",")):
                 row["train"].append(
                     time_training(
-                        runner, device, batch, args.size, args.steps, args.warmup, bf16, cfg.in_channels
-                    )
+                        runner,
+                        device,
+                        batch,
+                        args.size,
+                        args.steps,
+                        args.warmup,
+                        bf16,
+                        cfg.in_channels,
+                        graph=use_graph,
+                        compiled=runner is not model,
+                    )  # fmt: skip
                 )
                 print(f"{label} batch {batch}: {row['train'][-1]}", flush=True)
         row.update(

@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from .errors import MambaDoseError
 
@@ -40,13 +40,75 @@ CPU_INFERENCE_TOKEN_HEADS = 65536  # positions x heads per piece in CPU inferenc
 # --------------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=1)
 def _triton_chunk_scan() -> Callable | None:
-    """mamba-ssm's ``mamba_chunk_scan_combined``, or None when mamba-ssm does not import."""
+    """The Triton SSD scan as a PyTorch custom op (see ``_register_triton_ops``), or None when
+    mamba-ssm does not import."""
     try:
-        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+        from mamba_ssm.ops.triton import ssd_combined
     except Exception as exc:  # ImportError, or a broken CUDA/Triton install
         log.info("mamba-ssm Triton SSD not available (%s): using the PyTorch scan", exc)
         return None
-    return mamba_chunk_scan_combined
+    return _register_triton_ops(ssd_combined)
+
+
+def _register_triton_ops(ssd_combined, namespace: str = "mambadose") -> Callable:
+    """Register mamba-ssm's chunked SSD forward and backward as the custom ops
+    ``mambadose::ssd_scan`` / ``mambadose::ssd_scan_bwd`` and return the forward.
+
+    mamba-ssm's own entry point is an ``autograd.Function`` around Triton launches, which
+    ``torch.compile`` cannot trace: every Mamba-2 layer would split the compiled graph in two.
+    As opaque custom ops with fake (shape-only) implementations and a registered backward, the
+    whole network compiles into one graph (and can be replayed as a CUDA graph). The forward
+    and backward are mamba-ssm's ``_mamba_chunk_scan_combined_fwd`` / ``_bwd``, called exactly
+    as its ``MambaChunkScanCombinedFn`` calls them (one group, no z, softplus on dt + dt_bias).
+    ``ssd_combined`` is the module that holds them; ``namespace`` names the ops (tests register
+    a PyTorch stand-in under another one).
+    Inputs: x (b, l, h, p), dt (b, l, h) before bias and softplus, A (h,), B and C (b, l, 1, n),
+    D (h,), dt_bias (h,). Output: y (b, l, h, p) in x's dtype.
+    """
+    fwd, bwd = ssd_combined._mamba_chunk_scan_combined_fwd, ssd_combined._mamba_chunk_scan_combined_bwd
+
+    @torch.library.custom_op(f"{namespace}::ssd_scan", mutates_args=())
+    def ssd_scan(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, dt_bias: Tensor, chunk_size: int) -> Tensor:  # fmt: skip
+        out = fwd(x, dt, A, B, C, chunk_size, D=D, z=None, dt_bias=dt_bias, dt_softplus=True)[0]
+        return out.to(x.dtype).contiguous()
+
+    @ssd_scan.register_fake
+    def _(x, dt, A, B, C, D, dt_bias, chunk_size):
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+    @torch.library.custom_op(f"{namespace}::ssd_scan_bwd", mutates_args=())
+    def ssd_scan_bwd(dout: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, dt_bias: Tensor, out: Tensor, chunk_size: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+        dx, ddt, dA, dB, dC, dD, _, ddt_bias, _ = bwd(
+            dout, x, dt, A, B, C, out, chunk_size, D=D, z=None, dt_bias=dt_bias, dt_softplus=True
+        )
+        grads = (dx, ddt, dA, dB, dC, dD, ddt_bias)
+        like = (x, dt, A, B, C, D, dt_bias)
+        return tuple(g.to(t.dtype).contiguous() for g, t in zip(grads, like, strict=True))
+
+    @ssd_scan_bwd.register_fake
+    def _(dout, x, dt, A, B, C, D, dt_bias, out, chunk_size):
+        return tuple(
+            torch.empty_like(t, memory_format=torch.contiguous_format) for t in (x, dt, A, B, C, D, dt_bias)
+        )
+
+    def setup_context(ctx, inputs, output) -> None:
+        x, dt, A, B, C, D, dt_bias, chunk_size = inputs
+        ctx.save_for_backward(x, dt, A, B, C, D, dt_bias, output)
+        ctx.chunk_size = chunk_size
+
+    def backward(ctx, dout):
+        x, dt, A, B, C, D, dt_bias, out = ctx.saved_tensors
+        grads = ssd_scan_bwd(dout.contiguous(), x, dt, A, B, C, D, dt_bias, out, ctx.chunk_size)
+        return (*grads, None)
+
+    ssd_scan.register_autograd(backward, setup_context=setup_context)
+    return ssd_scan
+
+
+@torch.compiler.assume_constant_result
+def _use_triton(backend: str, device_type: str) -> bool:
+    """``resolve_backend(...) == "triton"``, a constant to ``torch.compile`` (no import traced)."""
+    return resolve_backend(backend, torch.device(device_type)) == "triton"
 
 
 def triton_available() -> bool:
@@ -174,6 +236,27 @@ def ssd_chunked(
     return y.view(b, c * Q, h, p)[:, :length]
 
 
+def causal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Causal depthwise 1D convolution along the sequence: x (b, l, c) -> (b, l, c).
+
+    ``y[:, t] = bias + sum_j weight[:, 0, j] * x[:, t - (k - 1) + j]`` (zero before the start), the
+    function of ``nn.Conv1d(c, c, k, groups=c, padding=k - 1)`` cut to the first ``l`` outputs
+    (mamba-ssm's ``causal_conv1d``). Written as ``k`` shifted multiply-adds on the (b, l, c)
+    layout: no transposes, and its backward is a few elementwise kernels and one reduction, where
+    cuDNN's depthwise weight gradient is slow on long sequences. Computes in x's dtype.
+    """
+    k = weight.shape[-1]
+    length = x.shape[1]
+    w = weight.to(x.dtype).reshape(-1, k)  # (c, k)
+    xp = F.pad(x, (0, 0, k - 1, 0))  # k - 1 zeros in front of the sequence
+    y = xp[:, k - 1 :] * w[:, k - 1]
+    if bias is not None:
+        y = y + bias.to(x.dtype)
+    for j in range(k - 1):
+        y = torch.addcmul(y, xp[:, j : j + length], w[:, j])
+    return y
+
+
 # --------------------------------------------------------------------------------------------
 # Layers
 # --------------------------------------------------------------------------------------------
@@ -276,7 +359,7 @@ class Mamba2(nn.Module):
             # enough to be reused from the heap and to stay in cache (~40 % less time)
             return torch.cat([self.mix(part) for part in zxbcdt.split(rows)])
         z, xBC, dt = torch.split(zxbcdt, [self.d_inner, self.d_inner + 2 * self.d_state, self.nheads], dim=-1)
-        xBC = F.silu(self.conv1d(xBC.transpose(1, 2))[..., :length].transpose(1, 2))  # (b, l, conv_dim)
+        xBC = F.silu(causal_depthwise_conv(xBC, self.conv1d.weight, self.conv1d.bias))  # (b, l, conv_dim)
         x, B, C = torch.split(xBC, [self.d_inner, self.d_state, self.d_state], dim=-1)
         y = self.scan(x.reshape(b, length, self.nheads, self.headdim), dt, B, C)  # (b, l, h, p)
         return self.norm(y.reshape(b, length, self.d_inner), z)
@@ -288,12 +371,9 @@ class Mamba2(nn.Module):
         (float32 from the torch backend, x's dtype from triton).
         """
         A = -torch.exp(self.A_log.float())  # (h,)
-        if resolve_backend(self.backend, x.device) == "triton":
+        if _use_triton(self.backend, x.device.type):
             kernel = _triton_chunk_scan()
-            return kernel(
-                x, dt, A, B.unsqueeze(2), C.unsqueeze(2), self.chunk_size,
-                D=self.D, z=None, dt_bias=self.dt_bias, dt_softplus=True,
-            )  # fmt: skip
+            return kernel(x, dt, A, B.unsqueeze(2), C.unsqueeze(2), self.D, self.dt_bias, self.chunk_size)
         with torch.autocast(device_type=x.device.type, enabled=False):
             dt = F.softplus(dt.float() + self.dt_bias.float())
             return ssd_chunked(x.float(), dt, A, B.float(), C.float(), self.D.float(), self.chunk_size)
