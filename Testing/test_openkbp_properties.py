@@ -172,7 +172,7 @@ def test_out_of_range_index(seed, name, index, data):
 @given(
     seed=seeds,
     name=st.sampled_from(MASK_FILES),
-    token=st.text(st.characters(exclude_characters="\n\r"), min_size=1, max_size=8),
+    token=st.text(st.characters(codec="utf-8", exclude_characters="\n\r"), min_size=1, max_size=8),
     data=st.data(),
 )
 def test_mask_row_with_a_value(seed, name, token, data):

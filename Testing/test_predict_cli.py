@@ -462,3 +462,31 @@ def test_views_reach_the_model_and_the_summary(tmp_path, phantom_native, model_p
         match="oblique",
     )
     assert not (tmp_path / "bad").exists()
+
+
+def test_card_inplane_spacing_sets_the_model_grid(tmp_path, phantom_native, model_path, monkeypatch):
+    """A model trained on one in-plane voxel size predicts a clinic CT on a model grid of that
+    size, so ``predict_patient`` finds the patient on the card's grid and does not resample again."""
+    from MambaDoseLib import inference, weights
+    from MambaDoseLib.spacing import inplane_map_for
+
+    model, card = weights.load_model(model_path)
+    path = tmp_path / "spaced.safetensors"
+    keep = {k: card[k] for k in ("channels", "normalisation", "training")}
+    weights.save_model(path, model, {**keep, "inplane_spacing_mm": 3.5})
+    seen = {}
+
+    def spy(model, card, patient, **kwargs):
+        spacing = inference.card_inplane_spacing(card)
+        seen["on_card_grid"] = spacing is not None and inplane_map_for(patient, spacing).is_identity
+        return oracle_dose(model, card, patient)
+
+    monkeypatch.setattr(ORACLE_TARGET, spy)
+    ct, structures = phantom_native
+    result = predict_dose(load_ct(ct), load_structures(structures), model_path=path, device="cpu")
+    assert result.model_grid.spacing == (3.5, 3.5, 2.5) and result.model_grid.size[:2] == (128, 128)
+    assert seen["on_card_grid"]
+    assert result.model_card["inplane_spacing_mm"] == 3.5
+    # a card without the key keeps the default model grid
+    default = predict_dose(load_ct(ct), load_structures(structures), model_path=model_path, device="cpu")
+    assert default.model_grid.spacing == (3.906, 3.906, 2.5)

@@ -398,3 +398,109 @@ def test_weight_average_is_validated_exported_and_resumed(phantoms, tmp_path):
     assert all(torch.equal(again[k], ckpt["ema"][k]) for k in again)
     with pytest.raises(InputError, match="ema"):
         _config(tmp_path / "x", ema_decay=1.0).check()
+
+
+# --------------------------------------------------------------------------- common in-plane spacing
+
+
+@pytest.fixture(scope="module")
+def mixed_spacing_phantoms():
+    """Tiny phantoms on three in-plane voxel sizes (validation: one already on 3.906 mm)."""
+    train = [
+        make_phantom(SHAPE, (s, s, 2.5), seed=seed, patient_id=f"pt_{seed}")
+        for seed, s in ((1, 3.0), (2, 4.688), (3, 5.078))
+    ]
+    val = [
+        make_phantom(SHAPE, (s, s, 2.5), seed=seed, patient_id=f"pt_{seed}")
+        for seed, s in ((201, 4.5), (202, 3.906))
+    ]
+    return train, val
+
+
+def test_validation_rows_on_a_resampled_grid_come_back_to_the_native_dose(mixed_spacing_phantoms):
+    from MambaDoseLib.features import normalise_dose
+    from MambaDoseLib.metrics import dose_score
+    from MambaDoseLib.spacing import resample_patient_inplane
+    from MambaDoseTrainingLib.dataset import patient_slices
+
+    p = mixed_spacing_phantoms[1][0]  # 4.5 mm
+    resampled, _ = resample_patient_inplane(p, 3.906)
+    views = ("axial", "coronal")
+    s = patient_slices(resampled, ("ct", "possible_dose_mask"), views)
+    assert s.features.shape[2:] == (128, 128)
+    ref = make_val_reference(p, 3.906)
+    assert ref.dose_gy.shape == p.shape and ref.inplane_pdm.shape == (128, 128, SHAPE[2])
+    assert np.array_equal(ref.inplane_pdm, resampled.possible_dose_mask)
+    # the resampled reference itself, as rows, comes back close to the native reference
+    dose = dose_volume_from_rows(s.dose.astype(np.float32), s.slice_index, ref, s.view_index, views)
+    assert dose.shape == p.shape
+    assert np.all(dose[~p.possible_dose_mask] == 0.0)
+    assert dose_score(dose, p.dose_gy, p.possible_dose_mask) < 0.5  # Gy; float16 rows + round trip
+    # a patient already on the grid keeps the native path exactly
+    on_grid = make_phantom((128, 128, 4), (3.906, 3.906, 2.5), seed=5)
+    assert make_val_reference(on_grid, 3.906).inplane is None
+    rows = np.asarray(normalise_dose(on_grid.dose_gy), np.float32).transpose(2, 0, 1)
+    keep = np.arange(on_grid.shape[2])
+    a = dose_volume_from_rows(rows, keep, make_val_reference(on_grid, 3.906))
+    b = dose_volume_from_rows(rows, keep, make_val_reference(on_grid))
+    assert np.array_equal(a, b)
+
+
+def test_inplane_spacing_trains_scores_on_native_grids_and_writes_the_card(mixed_spacing_phantoms, tmp_path):
+    import json
+
+    from MambaDoseTrainingLib.dataset import feature_folder
+
+    train, val = mixed_spacing_phantoms
+    features = tmp_path / "features"
+    out = tmp_path / "run"
+    cfg = _config(out, inplane_spacing_mm=3.906, epochs=1, feature_cache=str(features))
+    result = run_training(cfg, train, val)
+    assert result["epochs"] == 1 and math.isfinite(result["best_val_dose_score"])
+    card = json.loads((out / "model_best.json").read_text())
+    assert card["inplane_spacing_mm"] == 3.906
+    assert card["training"]["config"]["inplane_spacing_mm"] == 3.906
+    assert "in-plane 3.906 mm (scored on the native grids)" in (out / "train.log").read_text()
+    # the slice files live in folders keyed by the spacing; native runs keep their old keys
+    channels = channels_for_preset("2d")
+    resampled = feature_folder(features, "train-patients", channels, ("axial",), 3.906)
+    native = feature_folder(features, "train-patients", channels, ("axial",))
+    assert resampled.is_dir() and resampled != native and not native.exists()
+    assert native == feature_folder(features, "train-patients", channels)
+    first = np.load(resampled / "pt_1.features.npy", mmap_mode="r")
+    assert first.shape[2:] == (128, 128)
+    # a run cannot be continued on another grid
+    with pytest.raises(InputError, match="inplane-spacing"):
+        run_training(_config(out, epochs=2, resume=True), train, val)
+    with pytest.raises(InputError, match="inplane-spacing"):
+        _config(out, inplane_spacing_mm=0.0).check()
+
+
+def test_cli_option_inplane_spacing_reaches_the_config():
+    import argparse
+
+    from MambaDoseTrainingLib.commands.train import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    base = ["--train-cache", "t", "--val-cache", "v", "--out", "o"]
+    assert TrainConfig.from_args(parser.parse_args(base)).inplane_spacing_mm is None
+    cfg = TrainConfig.from_args(parser.parse_args([*base, "--inplane-spacing", "3.906"]))
+    assert cfg.inplane_spacing_mm == 3.906
+    assert TrainConfig.from_dict(cfg.to_dict()).inplane_spacing_mm == 3.906
+
+
+def test_slice_build_summarises_field_of_view_cropping(tmp_path, caplog):
+    import logging
+
+    from MambaDoseTrainingLib.dataset import build_slice_files
+
+    wide = make_phantom((128, 128, 2), (5.422, 5.422, 3.0), seed=1, patient_id="pt_wide")
+    wide.possible_dose_mask = np.ones(wide.shape, bool)  # reaches the edge of a 694 mm field
+    with caplog.at_level(logging.WARNING):
+        build_slice_files(
+            tmp_path, ["pt_wide"], ("ct", "possible_dose_mask"), patients=[wide], inplane_spacing_mm=3.906
+        )
+    assert "pt_wide:" in caplog.text  # the patient's own warning
+    assert "1 of 1 patients have possible-dose voxels outside the field" in caplog.text
+    assert np.load(tmp_path / "pt_wide.features.npy").shape == (2, 2, 128, 128)

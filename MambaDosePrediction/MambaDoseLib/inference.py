@@ -29,6 +29,7 @@ The predicted dose is a model prediction for research, not a deliverable plan.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -239,20 +240,33 @@ def predict_volume(
 def predict_patient(
     model: torch.nn.Module, card: Mapping[str, Any], patient: Any, **kwargs: Any
 ) -> np.ndarray:
-    """Predict one patient's dose (Gy), zero outside ``patient.possible_dose_mask``.
+    """Predict one patient's dose (Gy) on its own grid, zero outside ``patient.possible_dose_mask``.
 
     card: the model card (its ``"channels"`` name the input channels in order; its ``"views"``
-    the slice orientations, default axial only). patient: a
-    :class:`MambaDoseLib.patient.Patient` on the model grid. kwargs go to :func:`predict_volume`;
-    ``swap_channels`` defaults to the card's right/left channel pairs. Returns float32 (I, J, K).
+    the slice orientations, default axial only; its ``"inplane_spacing_mm"``, when present, the
+    common in-plane voxel size the model was trained on). patient: a
+    :class:`MambaDoseLib.patient.Patient` (an OpenKBP patient, or one on the model grid). When the
+    card has ``"inplane_spacing_mm"`` and the patient's in-plane grid differs from it, the patient
+    is resampled onto it (``spacing.resample_patient_inplane``), predicted there, and the dose
+    comes back to the patient's grid (``spacing.resample_dose_back`` within the resampled
+    possible-dose mask, where the model was trained). kwargs go to
+    :func:`predict_volume`; ``swap_channels`` defaults to the card's right/left channel pairs.
+    Returns float32 (I, J, K) on the patient's grid.
     """
     from .features import build_features
+    from .spacing import resample_dose_back, resample_patient_inplane
 
     channels = tuple(card["channels"])
-    features = build_features(patient, channels)
+    spacing_mm = card_inplane_spacing(card)
+    model_patient, inplane = patient, None
+    if spacing_mm is not None:
+        model_patient, inplane = resample_patient_inplane(patient, spacing_mm)
+    features = build_features(model_patient, channels)
     kwargs.setdefault("swap_channels", lr_swap_pairs(channels))
     kwargs.setdefault("views", card_views(card))
     dose = predict_volume(model, features, **kwargs)
+    if inplane is not None and not inplane.is_identity:
+        dose = resample_dose_back(dose, inplane, within=model_patient.possible_dose_mask)
     dose[~np.asarray(patient.possible_dose_mask, bool)] = 0.0
     return dose
 
@@ -260,3 +274,21 @@ def predict_patient(
 def card_views(card: Mapping[str, Any]) -> tuple[str, ...]:
     """The slice orientations a model was trained on (card ``"views"``; axial when absent)."""
     return check_views(card.get("views") or ("axial",))
+
+
+def card_inplane_spacing(card: Mapping[str, Any]) -> float | None:
+    """The common in-plane voxel size (mm) a model was trained on (card ``"inplane_spacing_mm"``);
+    None when absent (trained on each patient's own grid). A value that is not a positive number
+    raises WeightsError."""
+    from .errors import WeightsError
+
+    value = card.get("inplane_spacing_mm")
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not (math.isfinite(value) and value > 0)
+    ):
+        raise WeightsError(f"model card: inplane_spacing_mm must be a positive number of mm, got {value!r}")
+    return float(value)

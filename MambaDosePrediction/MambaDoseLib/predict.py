@@ -7,7 +7,8 @@ The one entry point used by the ``mambadose predict`` command, the demo and the 
 
 Steps: check the CT; match the structure names onto the model's ROIs (``names``); put each mask
 on the CT grid (resampled with a warning when it is on another grid); build the model grid
-(``geometry.model_grid_for``: training spacing, OpenKBP orientation, centred on the body); build the
+(``geometry.model_grid_for``: training spacing, i.e. the card's ``inplane_spacing_mm`` in-plane when
+it has one, else ``geometry.MODEL_SPACING_MM``; OpenKBP orientation, centred on the body); build the
 ``Patient`` there (offset CT, masks, possible-dose mask = ``features.body_mask_from_ct``); predict
 (``inference.predict_patient``: zero outside the possible-dose mask); resample the dose back to the
 CT grid (linear); DVH metrics with ``metrics.roi_metrics`` on the CT grid and the patient's masks.
@@ -410,7 +411,13 @@ def predict_dose(
     timings["load_model"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    grid = geometry.model_grid_for(ct)
+    # the model grid: the card's in-plane voxel size when it was trained on one (the patient then
+    # lies on it and predict_patient does not resample again), else the default 3.906 mm
+    inplane_mm = inference.card_inplane_spacing(card)
+    spacing_mm = geometry.MODEL_SPACING_MM
+    if inplane_mm is not None:
+        spacing_mm = (inplane_mm, inplane_mm, geometry.MODEL_SPACING_MM[2])
+    grid = geometry.model_grid_for(ct, spacing_mm=spacing_mm)
     model_masks = _model_masks(masks, roi_map, grid, warn)
     patient = geometry.to_openkbp_patient(ct, model_masks, grid, patient_id="patient")
     timings["resample_to_model_grid"] = time.perf_counter() - t

@@ -11,6 +11,11 @@ statistics included); ``MambaUNetV2_OpenKBP.json`` says what they are::
 An ensemble of MambaUNetV2 networks of one config (``model.MambaUNetV2Ensemble``) is one file too:
 its card adds ``"ensemble_size": N`` and its tensors are named ``members.<i>.<name>``.
 
+A model trained on one common in-plane voxel size (``mambadose train --inplane-spacing``) has
+``"inplane_spacing_mm"`` in its card (absent: trained on each patient's own grid); prediction
+resamples to it (``inference.predict_patient``). An ensemble's card takes it from its members'
+training configs (``training.members[i].config``), which must agree.
+
 Loading checks the card against the file and refuses any mismatch with a WeightsError naming the
 file and the problem. Weights are never unpickled (no ``torch.load``).
 """
@@ -95,6 +100,7 @@ def save_model(path: str | os.PathLike, model: MambaUNetV2 | MambaUNetV2Ensemble
     )
     if isinstance(model, MambaUNetV2Ensemble):
         full["ensemble_size"] = len(model.members)
+        _inherit_member_spacing(path, full)
     else:
         full.pop("ensemble_size", None)
     full.setdefault("normalisation", {})
@@ -102,6 +108,29 @@ def save_model(path: str | os.PathLike, model: MambaUNetV2 | MambaUNetV2Ensemble
     text = json.dumps(full, indent=2) + "\n"
     _atomic_write(card_path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return full
+
+
+def _inherit_member_spacing(path: Path, card: dict) -> None:
+    """An ensemble predicts on its members' grid: the in-plane spacing their training configs
+    record (``training.members[i].config.inplane_spacing_mm``; None = native grids) must agree
+    among themselves and with the card's ``inplane_spacing_mm``, which is set from them when
+    absent. Members without a training config are not counted. Raises WeightsError."""
+    members = card.get("training", {}).get("members") or []
+    configs = [m["config"] for m in members if isinstance(m, dict) and isinstance(m.get("config"), dict)]
+    found = {c.get("inplane_spacing_mm") for c in configs}
+    if len(found) > 1:
+        shown = ", ".join("native" if v is None else f"{v:g} mm" for v in sorted(found, key=lambda v: v or 0))
+        raise WeightsError(f"{path}: ensemble members were trained on different in-plane grids ({shown})")
+    if not found:
+        return
+    members_spacing = found.pop()
+    stated = card.get("inplane_spacing_mm")
+    if stated is None and members_spacing is not None:
+        card["inplane_spacing_mm"] = float(members_spacing)
+    elif stated != members_spacing:
+        raise WeightsError(
+            f"{path}: card says inplane_spacing_mm {stated} but the members were trained with {members_spacing}"
+        )
 
 
 def read_card(path: str | os.PathLike) -> dict:
@@ -123,6 +152,12 @@ def read_card(path: str | os.PathLike) -> dict:
     for key in ("config", "channels", "tensors", "sha256"):
         if key not in card:
             raise WeightsError(f"{card_file}: model card has no {key!r}")
+    from .inference import card_inplane_spacing
+
+    try:
+        card_inplane_spacing(card)
+    except WeightsError as exc:
+        raise WeightsError(f"{card_file}: {str(exc).removeprefix('model card: ')}") from None
     return card
 
 

@@ -7,6 +7,9 @@ Data path (chosen so that the GPU never waits for data):
    that contain at least one possible-dose voxel. Each patient's kept slices are written into a
    feature cache folder, atomically: ``<id>.features.npy`` (float16 features) and ``<id>.npz``
    (float16 normalised dose, bool mask, slice indices; written last, it marks the patient done). A resumed command finds the files and skips the work.
+   With ``inplane_spacing_mm`` every patient is first resampled onto 128 x 128 in-plane voxels of
+   that size (``MambaDoseLib.spacing``); the spacing is part of the folder key, so native and
+   resampled slice files never mix.
 2. ``load_slice_set``: stack all patients' files into one :class:`SliceSet` of device tensors:
    ``features`` float16 (N, C, H, W), ``dose`` float16 (N, H, W) on the [-1, 1] scale,
    ``mask`` bool (N, H, W); plus ``patient_index`` / ``slice_index`` (N,) to map a row back to
@@ -155,24 +158,46 @@ def _build_and_write(
     channels: tuple[str, ...],
     folder: str,
     views: tuple[str, ...] = ("axial",),
-) -> str:
-    """Worker: (load from the patient cache,) build the slices, write them; returns the id."""
+    inplane_spacing_mm: float | None = None,
+) -> tuple[str, int]:
+    """Worker: (load from the patient cache,) resample in-plane when ``inplane_spacing_mm`` is
+    set, build the slices, write them. Returns (the id, possible-dose voxels left outside the
+    resampled field)."""
     if patient is None:
         from MambaDoseTrainingLib.cache import load_patient
 
         patient = load_patient(cache_dir, patient_id)
+    outside = 0
+    if inplane_spacing_mm is not None:
+        from MambaDoseLib.spacing import resample_patient_inplane
+
+        patient, inplane = resample_patient_inplane(patient, inplane_spacing_mm)
+        outside = inplane.pdm_voxels_outside
     write_patient_slices(Path(folder), patient_slices(patient, channels, views))
-    return patient_id
+    return patient_id, outside
 
 
 def feature_folder(
-    root: str | os.PathLike, source: str, channels: Sequence[str], views: Sequence[str] = ("axial",)
+    root: str | os.PathLike,
+    source: str,
+    channels: Sequence[str],
+    views: Sequence[str] = ("axial",),
+    inplane_spacing_mm: float | None = None,
 ) -> Path:
-    """The folder under ``root`` for one data source (a cache dir, or a name), channel list and
-    views."""
-    key = json.dumps(
-        {"v": SLICE_FILE_VERSION, "source": str(source), "channels": list(channels), "views": list(views)}
-    )
+    """The folder under ``root`` for one data source (a cache dir, or a name), channel list,
+    views and in-plane spacing (None = native grids; left out of the key, so native folders keep
+    their names)."""
+    fields = {
+        "v": SLICE_FILE_VERSION,
+        "source": str(source),
+        "channels": list(channels),
+        "views": list(views),
+    }
+    if inplane_spacing_mm is not None:
+        from MambaDoseLib.geometry import MODEL_INPLANE_SIZE
+
+        fields["inplane"] = [float(inplane_spacing_mm), MODEL_INPLANE_SIZE]
+    key = json.dumps(fields)
     digest = hashlib.sha1(key.encode()).hexdigest()[:12]
     name = Path(str(source)).name or "data"
     return Path(root) / f"{name}-{digest}"
@@ -188,11 +213,14 @@ def build_slice_files(
     workers: int = 0,
     progress: bool = False,
     views: Sequence[str] = ("axial",),
+    inplane_spacing_mm: float | None = None,
 ) -> Path:
     """Write one slice file per patient into ``folder`` (skipping those already there).
 
     Give either ``cache_dir`` (workers load the patients themselves: nothing big is pickled) or
     ``patients`` (in memory; sent to the workers). ``workers`` <= 1 builds in this process.
+    ``inplane_spacing_mm``: resample each patient in-plane first (``spacing.resample_patient_inplane``);
+    the folder must be one keyed by it (``feature_folder``).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -209,22 +237,38 @@ def build_slice_files(
         return folder
     channels = tuple(channels)
     src = None if cache_dir is None else str(cache_dir)
-    jobs = [(by_id.get(pid), src, pid, channels, str(folder), tuple(views)) for pid in todo]
+    jobs = [
+        (by_id.get(pid), src, pid, channels, str(folder), tuple(views), inplane_spacing_mm) for pid in todo
+    ]
     bar = _progress(len(jobs), progress, "features")
+    outside: dict[str, int] = {}
     if workers <= 1:
         for job in jobs:
-            _build_and_write(*job)
+            pid, n = _build_and_write(*job)
+            outside[pid] = n
             bar.update(1)
     else:
         # spawn: safe after CUDA or a thread pool is initialised in this process
         with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-            for _ in pool.map(_build_and_write_star, jobs):
+            for pid, n in pool.map(_build_and_write_star, jobs):
+                outside[pid] = n
                 bar.update(1)
     bar.close()
+    cropped = {pid: n for pid, n in outside.items() if n}
+    if cropped:
+        log.warning(
+            "in-plane resampling to %g mm: %d of %d patients have possible-dose voxels outside the "
+            "field (%d voxels in all; most: %s)",
+            inplane_spacing_mm,
+            len(cropped),
+            len(outside),
+            sum(cropped.values()),
+            ", ".join(f"{pid} {n}" for pid, n in sorted(cropped.items(), key=lambda kv: -kv[1])[:5]),
+        )
     return folder
 
 
-def _build_and_write_star(job: tuple) -> str:
+def _build_and_write_star(job: tuple) -> tuple[str, int]:
     return _build_and_write(*job)
 
 
@@ -328,18 +372,21 @@ def prepare_slice_set(
     device: torch.device | str = "cpu",
     progress: bool = False,
     views: Sequence[str] = ("axial",),
+    inplane_spacing_mm: float | None = None,
 ) -> SliceSet:
     """Build (or reuse) the slice files and load them onto ``device``.
 
     ``feature_cache``: root folder kept between commands; None = a temporary folder removed after
     loading. ``source_name`` names the data in the cache key (default: ``cache_dir``).
+    ``inplane_spacing_mm``: slices of the patients resampled to that in-plane voxel size (None:
+    each patient's own grid).
     """
     source = source_name or (str(Path(cache_dir).resolve()) if cache_dir is not None else "patients")
     with contextlib.ExitStack() as stack:
         if feature_cache is None:  # built for this call only
             folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="mambadose-features-"))
         else:  # reused by later commands on this machine
-            folder = feature_folder(feature_cache, source, channels, views)
+            folder = feature_folder(feature_cache, source, channels, views, inplane_spacing_mm)
         build_slice_files(
             folder,
             patient_ids,
@@ -349,6 +396,7 @@ def prepare_slice_set(
             workers=workers,
             progress=progress,
             views=views,
+            inplane_spacing_mm=inplane_spacing_mm,
         )
         return load_slice_set(folder, patient_ids, channels, device, views)
 

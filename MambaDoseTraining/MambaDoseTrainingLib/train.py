@@ -23,6 +23,13 @@ schedule is then recomputed for the new length.
 Multi-GPU: start the same command with ``torchrun --nproc_per_node N``; every rank holds the
 training slices on its own GPU and takes a ``rank::N`` share of each epoch (batch size is per
 rank); rank 0 builds the features, validates, logs and writes checkpoints.
+
+Common in-plane spacing (``--inplane-spacing MM``): every training and validation patient is
+resampled onto 128 x 128 axial voxels of MM mm (``MambaDoseLib.spacing``) before its slices are
+built. Validation stays comparable with runs on the native grids: the dose predicted on the
+resampled grid goes back to each patient's own grid (``spacing.resample_dose_back``), is zeroed
+outside the native possible-dose mask and is scored against the native reference. The model card
+records ``"inplane_spacing_mm"``, so prediction (``inference.predict_patient``) does the same.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -56,6 +63,9 @@ from .dataset import (
     prepare_slice_set,
     shard_indices,
 )
+
+if TYPE_CHECKING:
+    from MambaDoseLib.spacing import InplaneMap
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +104,8 @@ class TrainConfig:
     card keeps them and prediction averages over them).
     ``slices_per_epoch`` caps an epoch; ``max_train_patients`` / ``max_val_patients`` take the
     first patients only (quick runs).
+    ``inplane_spacing_mm``: resample every patient to this in-plane voxel size (mm; 128 x 128,
+    centred, slices unchanged) for training and validation; None = each patient's own grid.
     Time: ``time_limit_s`` (wall seconds from the start of this call) stops cleanly between epochs.
     Weights: ``ema_decay`` > 0 keeps an exponential moving average of the weights and BatchNorm
     buffers (``torch.optim.swa_utils.AveragedModel``), updated after every optimiser step;
@@ -105,6 +117,7 @@ class TrainConfig:
     out: str = "mambadose-train"
     channels: str = "2d"
     views: str = "axial"
+    inplane_spacing_mm: float | None = None
     mixer: str = "mamba2"
     mixer_min_level: int | None = None
     scan_directions: int | None = None
@@ -173,6 +186,7 @@ class TrainConfig:
             out=str(args.out),
             channels=args.channels,
             views=args.views,
+            inplane_spacing_mm=args.inplane_spacing,
             mixer=args.mixer,
             mixer_min_level=args.mixer_min_level,
             scan_directions=args.scan_directions,
@@ -226,6 +240,12 @@ class TrainConfig:
             raise InputError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs}")
         if self.slices_per_epoch is not None and self.slices_per_epoch < 1:
             raise InputError(f"--slices-per-epoch must be >= 1, got {self.slices_per_epoch}")
+        if self.inplane_spacing_mm is not None and not (
+            math.isfinite(self.inplane_spacing_mm) and self.inplane_spacing_mm > 0
+        ):
+            raise InputError(
+                f"--inplane-spacing must be a positive number of mm, got {self.inplane_spacing_mm}"
+            )
         self.view_names()
 
     def view_names(self) -> tuple[str, ...]:
@@ -514,7 +534,10 @@ class ValReference:
     """What scoring one validation patient needs (host arrays, no CT).
 
     dose_gy: float32 (I, J, K) reference; possible_dose_mask: bool (I, J, K); structures: ROI ->
-    bool (I, J, K); ref_metrics: the reference's challenge DVH metrics (computed once).
+    bool (I, J, K); ref_metrics: the reference's challenge DVH metrics (computed once); all on the
+    patient's own grid. inplane: the map of the grid the slices were built on (None: the
+    patient's own grid), to bring the predicted dose back; inplane_pdm: bool (size, size, K), the
+    possible-dose mask on that grid (``spacing.resample_mask_inplane``).
     """
 
     patient_id: str
@@ -524,13 +547,22 @@ class ValReference:
     voxel_volume_mm3: float
     ref_metrics: dict
     ref_ptv: dict[str, dict[str, float]]
+    inplane: InplaneMap | None = None
+    inplane_pdm: np.ndarray | None = None
 
 
-def make_val_reference(patient: Patient) -> ValReference:
+def make_val_reference(patient: Patient, inplane_spacing_mm: float | None = None) -> ValReference:
+    """What scoring ``patient`` (on its own grid) needs; ``inplane_spacing_mm``: the slices were
+    built on that common in-plane grid (``spacing.resample_patient_inplane``)."""
     from MambaDoseLib.metrics import openkbp_dvh_metrics
     from MambaDoseLib.rois import PRESCRIPTION_GY
+    from MambaDoseLib.spacing import inplane_map_for, resample_mask_inplane
 
     dose = np.asarray(patient.dose_gy, np.float32)
+    inplane = None
+    if inplane_spacing_mm is not None:
+        inplane = inplane_map_for(patient, inplane_spacing_mm)
+        inplane = None if inplane.is_identity else inplane
     ref_ptv = {}
     for roi, mask in patient.structures.items():
         if roi in PRESCRIPTION_GY:
@@ -543,6 +575,8 @@ def make_val_reference(patient: Patient) -> ValReference:
         patient.voxel_volume_mm3,
         openkbp_dvh_metrics(dose, patient.structures, patient.voxel_volume_mm3),
         ref_ptv,
+        inplane,
+        None if inplane is None else resample_mask_inplane(patient.possible_dose_mask, inplane),
     )
 
 
@@ -580,23 +614,38 @@ def dose_volume_from_rows(
     view_index: np.ndarray | None = None,
     views: Sequence[str] = ("axial",),
 ) -> np.ndarray:
-    """Predicted dose (Gy) on the patient's grid from normalised rows (n, H, W): row r is slice
-    ``slice_index[r]`` of view ``views[view_index[r]]`` (default: all axial). The views are
-    averaged, then denormalised and clipped at 0 as ``inference.predict_volume`` does; zero
-    outside the possible-dose mask (every possible-dose voxel lies on a kept slice of each view)."""
+    """Predicted dose (Gy) on the patient's own grid from normalised rows (n, H, W): row r is
+    slice ``slice_index[r]`` of view ``views[view_index[r]]`` (default: all axial) of the grid
+    the slices were built on (``ref.inplane``'s resampled grid, or the patient's own).
+
+    Each voxel averages the views whose kept slices cover it (every possible-dose voxel lies on a
+    kept slice of each view), then is denormalised and clipped at 0 as
+    ``inference.predict_volume`` does; a voxel no kept slice covers has no prediction (0 Gy).
+    From a resampled grid the dose goes back with ``spacing.resample_dose_back`` within the
+    resampled possible-dose mask (``ref.inplane_pdm``), as ``inference.predict_patient`` does.
+    Zero outside the patient's own possible-dose mask."""
     from MambaDoseLib.features import denormalise_dose
     from MambaDoseLib.inference import to_slices
+    from MambaDoseLib.spacing import resample_dose_back
 
     if view_index is None:
         view_index = np.zeros(len(slice_index), np.int64)
-    total = np.zeros(ref.dose_gy.shape, np.float32)
+    inplane = ref.inplane
+    shape = ref.dose_gy.shape if inplane is None else inplane.resampled_shape
+    total = np.zeros(shape, np.float32)
+    count = np.zeros(shape, np.float32)  # views covering each voxel
     for number, view in enumerate(views):
         sel = view_index == number
         target = to_slices(total, view)  # a view of total: adding into it adds into total
         h, w = target.shape[1:]
         target[slice_index[sel]] += pred_rows[sel][:, :h, :w]  # rows may be padded (dataset)
-    mean = total / np.float32(len(views))
+        to_slices(count, view)[slice_index[sel]] += 1.0
+    covered = count > 0
+    mean = total / np.maximum(count, 1.0)
     dose = np.maximum(np.asarray(denormalise_dose(mean), np.float32), 0.0)
+    dose[~covered] = 0.0
+    if inplane is not None:
+        dose = resample_dose_back(dose, inplane, within=ref.inplane_pdm)
     dose[~ref.possible_dose_mask] = 0.0
     return dose
 
@@ -712,6 +761,7 @@ def load_run_data(
             device=rt.device,
             progress=progress,
             views=views,
+            inplane_spacing_mm=cfg.inplane_spacing_mm,
         )
         train = prepare_slice_set(
             train_ids,
@@ -731,17 +781,20 @@ def load_run_data(
         )
         if not val_list:
             raise InputError("no validation patients: validation picks the best model")
-        refs = [make_val_reference(p) for p in val_list]
+        refs = [make_val_reference(p, cfg.inplane_spacing_mm) for p in val_list]
         del val_list
         log.info(
             "data: %d training slices of %d patients, %d validation slices of %d patients, "
-            "%d channels, views %s, on %s (%.1f s)",
+            "%d channels, views %s, %s, on %s (%.1f s)",
             len(train),
             len(train.patient_ids),
             len(val),
             len(refs),
             len(channels),
             ",".join(views),
+            "native grids"
+            if cfg.inplane_spacing_mm is None
+            else f"in-plane {cfg.inplane_spacing_mm:g} mm (scored on the native grids)",
             rt.device,
             time.monotonic() - t0,
         )
@@ -835,6 +888,12 @@ def _load_checkpoint(cfg: TrainConfig, out: Path) -> dict | None:
     ckpt = torch.load(last, map_location="cpu", weights_only=True)
     if ckpt.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"{last}: checkpoint format {ckpt.get('format')} is not {CHECKPOINT_FORMAT}")
+    saved = ckpt.get("config", {}).get("inplane_spacing_mm")
+    if saved != cfg.inplane_spacing_mm:
+        raise InputError(
+            f"{last}: the run was trained with --inplane-spacing {saved} (None: native grids), "
+            f"this command asks for {cfg.inplane_spacing_mm}"
+        )
     return ckpt
 
 
@@ -1167,6 +1226,7 @@ def export_best_model(
         "channels": list(data.channels),
         "views": list(data.train.views),
         "normalisation": _normalisation_card(),
+        **({} if cfg.inplane_spacing_mm is None else {"inplane_spacing_mm": float(cfg.inplane_spacing_mm)}),
         "training": {
             "train_cache": data.train_source,
             "val_cache": data.val_source,

@@ -1,7 +1,9 @@
 """``mambadose predict-openkbp PATIENTS_DIR OUT_DIR``: predict every OpenKBP patient of a folder.
 
 Writes ``OUT_DIR/pt_<N>.csv`` in the challenge's submission format (sparse dose, zero outside the
-possible-dose mask), ready for ``mambadose evaluate``. The same weights run on CPU and GPU.
+possible-dose mask), ready for ``mambadose evaluate``, on each patient's own grid (a model trained
+with ``--inplane-spacing`` predicts on its grid and the dose comes back: ``inference.predict_patient``).
+The same weights run on CPU and GPU.
 The predicted doses are model predictions for research, not deliverable plans.
 """
 

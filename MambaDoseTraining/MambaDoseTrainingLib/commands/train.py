@@ -64,6 +64,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="slice orientations to train on, comma-separated: axial, coronal, sagittal "
         "(prediction averages the model over the same views)",
     )
+    data.add_argument(
+        "--inplane-spacing",
+        type=float,
+        default=None,
+        metavar="MM",
+        help="resample every patient to MM mm axial voxels (128 x 128, centred; slices unchanged) "
+        "for training and validation, e.g. 3.906; validation is scored on each patient's own grid "
+        "and the model card records it for prediction (default: each patient's own grid)",
+    )
     data.add_argument("--slices-per-epoch", type=int, default=None, help="cap samples per epoch")
     data.add_argument("--max-train-patients", type=int, default=None, help="first N training patients")
     data.add_argument("--max-val-patients", type=int, default=None, help="first N validation patients")
