@@ -1,8 +1,11 @@
 """Score several trained models and their voxel-wise mean on an OpenKBP split (CPU or GPU).
 
-    python benchmarks/ensemble_eval.py MODEL[@VIEWS] MODEL[@VIEWS] ... [--split DIR] [--store DIR]
+    python benchmarks/ensemble_eval.py MODEL[@VIEWS][*WEIGHT] ... [--split DIR] [--store DIR] [--prefix-means]
 
-Each MODEL is a .safetensors file with its card; ``@axial,coronal`` overrides the card's views.
+Each MODEL is a .safetensors file with its card; ``@axial,coronal`` overrides the card's views;
+``*3`` weighs the model three times in the means (an ensemble file of three members counts as
+three networks). ``--prefix-means`` also scores the weighted mean of the first k models for every
+k (list the models best first for a greedy selection).
 Every model predicts every patient once through ``inference.predict_patient`` (kept in
 ``--store`` as .npy, reused by later calls); then the script prints, for each model alone and for
 the mean of all of them, the challenge's dose score and DVH score (``metrics``, mean over
@@ -26,10 +29,14 @@ def main() -> int:
     parser.add_argument("--split", type=Path, default=Path("/tmp/openkbp/validation-pats"))
     parser.add_argument("--store", type=Path, default=Path("/tmp/mambadose-ensemble"))
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--prefix-means", action="store_true", help="score the mean of the first k, every k")
     args = parser.parse_args()
 
     members = []
+    member_weights = []
     for spec in args.models:
+        spec, _, weight = spec.partition("*")
+        member_weights.append(float(weight or 1))
         path, _, views = spec.partition("@")
         model, card = weights.load_model(path, device=args.device)
         views = inference.parse_views(views) if views else inference.card_views(card)
@@ -54,8 +61,12 @@ def main() -> int:
                 np.save(stored, dose)
                 print(f"{name} {folder.name}: {time.perf_counter() - t0:.1f} s", flush=True)
             doses.append((name, np.load(stored)))
-        if len(doses) > 1:
-            doses.append(("mean of all", np.mean([d for _, d in doses], axis=0)))
+        means = []
+        counts = range(2, len(doses) + 1) if args.prefix_means else [len(doses)] if len(doses) > 1 else []
+        for k in counts:
+            label = "mean of all" if k == len(doses) else f"mean of first {k}"
+            means.append((label, np.average([d for _, d in doses[:k]], axis=0, weights=member_weights[:k])))
+        doses += means
         for name, dose in doses:
             pred = metrics.openkbp_dvh_metrics(dose, patient.structures, patient.voxel_volume_mm3)
             score = metrics.dose_score(dose, patient.dose_gy, patient.possible_dose_mask)

@@ -3,6 +3,7 @@
 re-import the main script.
 
     python3 benchmarks/gpu/prebuild_features.py [--views axial,coronal,sagittal] [--workers 32]
+        [--inplane-spacing MM]
 """
 
 from __future__ import annotations
@@ -20,15 +21,17 @@ def main() -> int:
     parser.add_argument("--views", default="axial")
     parser.add_argument("--workers", type=int, default=32)
     parser.add_argument("--root", default="/tmp/feat")
+    parser.add_argument("--inplane-spacing", type=float, default=None, help="as mambadose train's option")
     args = parser.parse_args()
     channels = channels_for_preset("2d")
     views = parse_views(args.views)
     for split in ("train", "val"):
         src = str(Path(f"/tmp/cache/{split}").resolve())  # as `mambadose train` keys its folders
-        folder = feature_folder(args.root, src, channels, views)
+        folder = feature_folder(args.root, src, channels, views, args.inplane_spacing)
         build_slice_files(
-            folder, list_cached(src), channels, cache_dir=src, workers=args.workers, views=views
-        )
+            folder, list_cached(src), channels, cache_dir=src, workers=args.workers, views=views,
+            inplane_spacing_mm=args.inplane_spacing,
+        )  # fmt: skip
         print(split, "features in", folder, flush=True)
     return 0
 
