@@ -6,6 +6,7 @@ where CUDA or mamba-ssm is missing.
 
 from __future__ import annotations
 
+import functools
 import math
 from concurrent.futures import ThreadPoolExecutor
 
@@ -272,13 +273,19 @@ class _TorchSSDCombined:
         return dx, ddt, dA, dB, dC, dD, None, ddt_bias, None
 
 
+@functools.lru_cache(maxsize=1)
+def _stand_in_op():
+    """The custom op around the PyTorch stand-in (registered once per process)."""
+    from MambaDoseLib.mamba2 import _register_triton_ops
+
+    return _register_triton_ops(_TorchSSDCombined, namespace="mambadose_test")
+
+
 def test_scan_custom_op_matches_autograd_and_compiles() -> None:
     """The custom-op wrapper around mamba-ssm's forward/backward (exercised here with a PyTorch
     stand-in): same output and gradients as the plain scan, passes torch.library.opcheck, and
     traces into one graph under torch.compile (no graph break at the scan)."""
-    from MambaDoseLib.mamba2 import _register_triton_ops
-
-    op = _register_triton_ops(_TorchSSDCombined, namespace="mambadose_test")
+    op = _stand_in_op()
     x, dt, A, B, C, D = _random_scan_inputs(2, 20, 3, 4, 5, seed=3, dtype=torch.float64)
     dt_raw = torch.randn_like(dt)
     dt_bias = torch.randn(3, dtype=torch.float64)
@@ -302,3 +309,34 @@ def test_scan_custom_op_matches_autograd_and_compiles() -> None:
 
     compiled = torch.compile(block, backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(compiled(*leaves), block(*leaves))
+
+
+def test_whole_network_compiles_without_graph_breaks_on_the_scan_op(monkeypatch) -> None:
+    """With the scan behind the custom op (the Triton path, here the stand-in on CPU), a whole
+    MambaUNetV2 training step traces into one graph: torch.compile(fullgraph=True) gives the
+    eager output and gradients."""
+    from MambaDoseLib import mamba2
+    from MambaDoseLib.model import MambaUNetConfig, MambaUNetV2
+
+    monkeypatch.setattr(mamba2, "_use_triton", lambda backend, device_type: True)
+    _stand_in_op()  # registered as torch.ops.mambadose_test.ssd_scan
+    monkeypatch.setattr(mamba2, "_triton_scan_op", lambda: torch.ops.mambadose_test.ssd_scan)
+    torch.manual_seed(0)
+    cfg = MambaUNetConfig(
+        in_channels=3, channels=(8, 16, 32), headdim=8, d_state=8, chunk_size=16, mixer_min_level=1
+    )
+    model = MambaUNetV2(cfg).double()
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+
+    def step(net):
+        net.zero_grad(set_to_none=True)
+        loss = net(x).square().mean()
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in net.parameters()]
+
+    eager_loss, eager_grads = step(model)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    loss, grads = step(compiled)
+    torch.testing.assert_close(loss, eager_loss)
+    for g, e in zip(grads, eager_grads, strict=True):
+        torch.testing.assert_close(g, e)

@@ -105,6 +105,12 @@ def _register_triton_ops(ssd_combined, namespace: str = "mambadose") -> Callable
     return ssd_scan
 
 
+def _triton_scan_op() -> Callable:
+    """The registered Triton scan op, looked up in ``torch.ops`` (which ``torch.compile`` reads
+    as a constant; the registration itself runs eagerly, in ``_use_triton``)."""
+    return torch.ops.mambadose.ssd_scan
+
+
 @torch.compiler.assume_constant_result
 def _use_triton(backend: str, device_type: str) -> bool:
     """``resolve_backend(...) == "triton"``, a constant to ``torch.compile`` (no import traced)."""
@@ -371,8 +377,8 @@ class Mamba2(nn.Module):
         (float32 from the torch backend, x's dtype from triton).
         """
         A = -torch.exp(self.A_log.float())  # (h,)
-        if _use_triton(self.backend, x.device.type):
-            kernel = _triton_chunk_scan()
+        if _use_triton(self.backend, x.device.type):  # (registers the op on first use)
+            kernel = _triton_scan_op()
             return kernel(x, dt, A, B.unsqueeze(2), C.unsqueeze(2), self.D, self.dt_bias, self.chunk_size)
         with torch.autocast(device_type=x.device.type, enabled=False):
             dt = F.softplus(dt.float() + self.dt_bias.float())
