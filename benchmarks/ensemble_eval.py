@@ -5,7 +5,9 @@
 Each MODEL is a .safetensors file with its card; ``@axial,coronal`` overrides the card's views;
 ``*3`` weighs the model three times in the means (an ensemble file of three members counts as
 three networks). ``--prefix-means`` also scores the weighted mean of the first k models for every
-k (list the models best first for a greedy selection).
+k (list the models best first for a greedy selection). ``--subsets K`` then scores the equal-weight
+mean of every K of the models on the dose score and prints the best five with their DVH scores
+(an exhaustive choice of K members on the validation set: it shares that set's optimism).
 Every model predicts every patient once through ``inference.predict_patient`` (kept in
 ``--store`` as .npy, reused by later calls); then the script prints, for each model alone and for
 the mean of all of them, the challenge's dose score and DVH score (``metrics``, mean over
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import time
 from pathlib import Path
 
@@ -30,6 +33,7 @@ def main() -> int:
     parser.add_argument("--store", type=Path, default=Path("/tmp/mambadose-ensemble"))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--prefix-means", action="store_true", help="score the mean of the first k, every k")
+    parser.add_argument("--subsets", type=int, default=0, metavar="K", help="score every K of the models")
     args = parser.parse_args()
 
     members = []
@@ -79,7 +83,39 @@ def main() -> int:
         d, v = np.array(values).T
         pooled = metrics.dvh_score_pooled(pairs[name])
         print(f"{name:60s} {d.mean():10.4f} {np.nanmean(v):10.4f} {pooled:11.4f}")
+    if args.subsets:
+        score_subsets(args.split, [(m[0], m[4]) for m in members], args.subsets)
     return 0
+
+
+def score_subsets(split: Path, members: list[tuple[str, Path]], k: int, best: int = 5) -> None:
+    """Dose score of the mean of every ``k`` members (stored predictions), then the DVH scores of
+    the ``best`` subsets; printed."""
+    combos = list(itertools.combinations(range(len(members)), k))
+    dose = np.zeros(len(combos))
+    folders = openkbp.list_patient_dirs(split)
+    for folder in folders:
+        patient = openkbp.read_patient(folder)
+        stored = np.stack([np.load(store / f"{folder.name}.npy") for _, store in members])
+        for i, combo in enumerate(combos):
+            mean = stored[list(combo)].mean(axis=0)
+            dose[i] += metrics.dose_score(mean, patient.dose_gy, patient.possible_dose_mask) / len(folders)
+    top = np.argsort(dose)[:best]
+    pairs: dict[int, list] = {i: [] for i in top}
+    for folder in folders:
+        patient = openkbp.read_patient(folder)
+        ref = metrics.openkbp_dvh_metrics(patient.dose_gy, patient.structures, patient.voxel_volume_mm3)
+        stored = [np.load(store / f"{folder.name}.npy") for _, store in members]
+        for i in top:
+            mean = np.mean([stored[j] for j in combos[i]], axis=0)
+            pairs[i].append(
+                (metrics.openkbp_dvh_metrics(mean, patient.structures, patient.voxel_volume_mm3), ref)
+            )
+    print(f"best {best} of {len(combos)} subsets of {k} (dose score; DVH per patient, pooled):")
+    for i in top:
+        dvh = np.nanmean([metrics.dvh_score(p, r) for p, r in pairs[i]])
+        names = " + ".join(members[j][0] for j in combos[i])
+        print(f"{dose[i]:.4f} {dvh:.4f} {metrics.dvh_score_pooled(pairs[i]):.4f}  {names}")
 
 
 if __name__ == "__main__":
