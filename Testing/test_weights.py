@@ -191,17 +191,44 @@ def test_shipped_models_load_and_agree_with_their_cards() -> None:
 
     models = Path(__file__).resolve().parents[1] / "Resources" / "Models"
     single, single_card = load_model(models / "MambaUNetV2_OpenKBP.safetensors", backend="torch")
-    ensemble, card = load_model(models / "MambaUNetV2_OpenKBP_ensemble3.safetensors", backend="torch")
-    assert isinstance(ensemble, MambaUNetV2Ensemble) and card["ensemble_size"] == 3
+    ensemble, card = load_model(models / "MambaUNetV2_OpenKBP_ensemble5.safetensors", backend="torch")
+    assert isinstance(ensemble, MambaUNetV2Ensemble) and card["ensemble_size"] == 5
     assert card["channels"] == single_card["channels"] == list(CHANNELS) and card["views"] == ["axial"]
     assert card["training"]["members"][0]["sha256"] == single_card["sha256"]
-    # member 0 is the shipped single model, weight for weight
+    assert card["storage_dtype"] == "float16"
+    # member 0 is the shipped single model, weight for weight (stored as float16)
     shipped = single.state_dict()
-    assert all(torch.equal(t, shipped[k]) for k, t in ensemble.members[0].state_dict().items())
+    for k, t in ensemble.members[0].state_dict().items():
+        assert t.dtype == shipped[k].dtype
+        assert torch.equal(t, shipped[k].to(torch.float16).to(t.dtype))
     assert (
         card["training"]["validation"]["val_dose_score"]
         < single_card["training"]["validation"]["val_dose_score"]
     )
+
+
+def test_float16_storage_halves_the_file_and_loads_into_float32(tmp_path: Path) -> None:
+    from MambaDoseLib.model import MambaUNetV2Ensemble
+
+    torch.manual_seed(3)
+    cfg = MambaUNetConfig(
+        in_channels=4, channels=(8, 16), headdim=8, d_state=8, chunk_size=16, mixer_min_level=1
+    )
+    model = MambaUNetV2Ensemble(cfg, 2)
+    card = {"channels": [f"c{i}" for i in range(4)]}
+    full = save_model(tmp_path / "f32.safetensors", model, card)
+    half = save_model(tmp_path / "f16.safetensors", model, card, storage_dtype=torch.float16)
+    assert "storage_dtype" not in full and half["storage_dtype"] == "float16"
+    size32, size16 = ((tmp_path / f"{n}.safetensors").stat().st_size for n in ("f32", "f16"))
+    assert size16 < 0.6 * size32  # half the data; the safetensors header stays
+    loaded, _ = load_model(tmp_path / "f16.safetensors", backend="torch")
+    original = model.state_dict()
+    for name, t in loaded.state_dict().items():
+        assert t.dtype == original[name].dtype  # float32 parameters, int64 counters
+        if t.is_floating_point():
+            torch.testing.assert_close(t, original[name], rtol=1e-3, atol=1e-4)
+        else:
+            assert torch.equal(t, original[name])
 
 
 def test_model_argument_names_a_file_or_the_shipped_ensemble(tmp_path: Path, monkeypatch) -> None:

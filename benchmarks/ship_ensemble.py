@@ -1,13 +1,14 @@
 """Join separately trained MambaUNetV2 models into one ensemble file (``model.MambaUNetV2Ensemble``).
 
     python benchmarks/ship_ensemble.py OUT.safetensors MEMBER.safetensors MEMBER.safetensors ...
-        [--views axial] [--validation EVALUATE_OUTPUT.txt]
+        [--views axial] [--validation EVALUATE_OUTPUT.txt] [--half]
 
 Every member must have the same architecture config and channel list. The card keeps each
 member's training summary (without its per-epoch history) under ``training.members``; its
 ``views`` are ``--views`` (default: the first member's); ``--validation`` copies the dose score,
 DVH score and pooled DVH score from the output of ``mambadose evaluate`` run on the ensemble's
-predictions (``mambadose predict-openkbp ... --model OUT``), so the card states measured figures.
+predictions (``mambadose predict-openkbp ... --model OUT``), so the card states measured figures;
+``--half`` stores the weights as float16 (half the file; the model computes in float32).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import re
 from pathlib import Path
 
+import torch
 from MambaDoseLib.inference import card_views, parse_views
 from MambaDoseLib.model import MambaUNetV2Ensemble
 from MambaDoseLib.weights import load_model, save_model, set_backend
@@ -42,6 +44,7 @@ def main() -> int:
     parser.add_argument("members", nargs="+", type=Path)
     parser.add_argument("--views", default=None)
     parser.add_argument("--validation", type=Path, default=None)
+    parser.add_argument("--half", action="store_true", help="store the weights as float16 (half the file)")
     args = parser.parse_args()
     if len(args.members) < 2:
         raise SystemExit("an ensemble needs at least two members")
@@ -72,7 +75,7 @@ def main() -> int:
         "normalisation": first_card.get("normalisation", {}),
         "training": training,
     }
-    save_model(args.out, ensemble, card)
+    save_model(args.out, ensemble, card, storage_dtype=torch.float16 if args.half else None)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB), {len(loaded)} members, views {views}")
     return 0
 

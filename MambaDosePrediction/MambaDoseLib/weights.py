@@ -38,7 +38,7 @@ CARD_FORMAT = "mambadose-model/1"
 ARCHITECTURE = "MambaUNetV2"
 DEFAULT_MODEL_NAME = "MambaUNetV2_OpenKBP.safetensors"
 #: The shipped ensemble of three MambaUNetV2 (better on validation, about 2.6x slower; README).
-ENSEMBLE_MODEL_NAME = "MambaUNetV2_OpenKBP_ensemble3.safetensors"
+ENSEMBLE_MODEL_NAME = "MambaUNetV2_OpenKBP_ensemble5.safetensors"
 #: What ``--model ensemble`` names.
 ENSEMBLE_ALIAS = "ensemble"
 MODEL_ENV = "MAMBADOSE_MODEL"
@@ -70,12 +70,19 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
-def save_model(path: str | os.PathLike, model: MambaUNetV2 | MambaUNetV2Ensemble, card: dict) -> dict:
+def save_model(
+    path: str | os.PathLike,
+    model: MambaUNetV2 | MambaUNetV2Ensemble,
+    card: dict,
+    storage_dtype: torch.dtype | None = None,
+) -> dict:
     """Write ``model``'s state_dict to ``path`` (safetensors) and its card to ``path.with_suffix('.json')``.
 
     ``card`` supplies "channels" (feature channel names, one per input channel), and usually
     "normalisation" and "training"; "format", "architecture", "config", "tensors" and "sha256"
-    are filled in here. Both files are written atomically. Returns the full card.
+    are filled in here. ``storage_dtype`` (e.g. ``torch.float16``) stores the floating-point
+    tensors in that type to halve the file (the card says ``"storage_dtype"``); loading copies them
+    into the float32 model. Both files are written atomically. Returns the full card.
     """
     from safetensors.torch import save_file
 
@@ -87,6 +94,8 @@ def save_model(path: str | os.PathLike, model: MambaUNetV2 | MambaUNetV2Ensemble
             f"{path}: card lists {len(channels)} channels but the model takes in_channels={config.in_channels}"
         )
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
+    if storage_dtype is not None:
+        tensors = {n: t.to(storage_dtype) if t.is_floating_point() else t for n, t in tensors.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format": CARD_FORMAT}))
     full = dict(card)
@@ -98,6 +107,10 @@ def save_model(path: str | os.PathLike, model: MambaUNetV2 | MambaUNetV2Ensemble
         tensors={name: list(t.shape) for name, t in tensors.items()},
         sha256=file_sha256(path),
     )
+    if storage_dtype is not None:
+        full["storage_dtype"] = str(storage_dtype).removeprefix("torch.")
+    else:
+        full.pop("storage_dtype", None)
     if isinstance(model, MambaUNetV2Ensemble):
         full["ensemble_size"] = len(model.members)
         _inherit_member_spacing(path, full)
