@@ -308,6 +308,11 @@ def test_ensemble_card_carries_its_members_spacing(tmp_path):
         save_model(tmp_path / "x.safetensors", ensemble, card(3.906, None))
     with pytest.raises(WeightsError, match="members were trained with"):
         save_model(tmp_path / "y.safetensors", ensemble, {**card(3.906, 3.906), "inplane_spacing_mm": 3.5})
+    # a refused card writes nothing, and never replaces earlier weights without their card
+    assert not (tmp_path / "x.safetensors").exists() and not (tmp_path / "y.safetensors").exists()
+    with pytest.raises(WeightsError):
+        save_model(tmp_path / "e.safetensors", MambaUNetV2Ensemble(member.config, 2), card(3.906, None))
+    load_model(tmp_path / "e.safetensors")  # still the earlier file and its card
 
 
 # --------------------------------------------------------------------------- real data

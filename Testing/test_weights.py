@@ -222,6 +222,14 @@ def test_float16_storage_halves_the_file_and_loads_into_float32(tmp_path: Path) 
     assert "storage_dtype" not in full and half["storage_dtype"] == "float16"
     size32, size16 = ((tmp_path / f"{n}.safetensors").stat().st_size for n in ("f32", "f16"))
     assert size16 < 0.6 * size32  # half the data; the safetensors header stays
+    with pytest.raises(WeightsError, match="floating-point"):
+        save_model(tmp_path / "i.safetensors", model, card, storage_dtype=torch.int32)
+    big = MambaUNetV2Ensemble(cfg, 2)
+    with torch.no_grad():
+        next(big.parameters()).fill_(1e6)  # beyond float16's range
+    with pytest.raises(WeightsError, match="cannot hold"):
+        save_model(tmp_path / "big.safetensors", big, card, storage_dtype=torch.float16)
+    assert not (tmp_path / "big.safetensors").exists()
     loaded, _ = load_model(tmp_path / "f16.safetensors", backend="torch")
     original = model.state_dict()
     for name, t in loaded.state_dict().items():

@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 
 import torch
-from MambaDoseLib.inference import card_views, parse_views
+from MambaDoseLib.inference import card_inplane_spacing, card_views, parse_views
 from MambaDoseLib.model import MambaUNetV2Ensemble
 from MambaDoseLib.weights import load_model, save_model, set_backend
 
@@ -69,7 +69,12 @@ def main() -> int:
     if args.validation:
         training["validation"] = evaluate_figures(args.validation.read_text())
         training["validation_source"] = "mambadose evaluate on the ensemble's predict-openkbp output"
+    spacings = {card_inplane_spacing(card) for _, card in loaded}
+    if len(spacings) > 1:
+        raise SystemExit(f"members were trained on different in-plane grids: {sorted(map(str, spacings))}")
+    spacing = spacings.pop()
     card = {
+        **({} if spacing is None else {"inplane_spacing_mm": spacing}),
         "channels": first_card["channels"],
         "views": list(views),
         "normalisation": first_card.get("normalisation", {}),

@@ -47,7 +47,15 @@ def _triton_chunk_scan() -> Callable | None:
     except Exception as exc:  # ImportError, or a broken CUDA/Triton install
         log.info("mamba-ssm Triton SSD not available (%s): using the PyTorch scan", exc)
         return None
-    return _register_triton_ops(ssd_combined)
+    try:
+        return torch.ops.mambadose.ssd_scan  # registered before (e.g. the module was reloaded)
+    except (AttributeError, RuntimeError):
+        pass
+    try:
+        return _register_triton_ops(ssd_combined)
+    except Exception as exc:  # e.g. torch < 2.4 has no torch.library.custom_op
+        log.info("mamba-ssm Triton SSD not usable as a custom op (%s): using the PyTorch scan", exc)
+        return None
 
 
 def _register_triton_ops(ssd_combined, namespace: str = "mambadose") -> Callable:
@@ -249,7 +257,9 @@ def causal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     function of ``nn.Conv1d(c, c, k, groups=c, padding=k - 1)`` cut to the first ``l`` outputs
     (mamba-ssm's ``causal_conv1d``). Written as ``k`` shifted multiply-adds on the (b, l, c)
     layout: no transposes, and its backward is a few elementwise kernels and one reduction, where
-    cuDNN's depthwise weight gradient is slow on long sequences. Computes in x's dtype.
+    cuDNN's depthwise weight gradient is slow on long sequences. Computes in x's dtype (under
+    bf16 autocast the sum is rounded after each of its ``k`` terms, where cuDNN keeps float32
+    inside: about one bf16 rounding step more).
     """
     k = weight.shape[-1]
     length = x.shape[1]

@@ -5,7 +5,7 @@
 # first k (native runs best first, then the shipped ensemble, then the 3.906 mm runs), and put
 # the weights (up to 7 files) and a tarball of histories, cards, logs and scores into $OUT.
 #   bash benchmarks/gpu/session3_collect.sh WAIT_S [SHIPPED_ENSEMBLE.safetensors]
-set -u
+set -u -f  # -f: no filename globbing (model arguments carry '*3' weights)
 runs=/tmp/runs; out=${OUT:-/tmp/out}; mkdir -p $out
 end=$((SECONDS + $1)); shipped=${2:-}
 while pgrep -f "[M]ambaDoseLib.cli train" > /dev/null && [ $SECONDS -lt $end ]; do sleep 5; done
