@@ -306,6 +306,12 @@ def test_ensemble_card_carries_its_members_spacing(tmp_path):
     assert "inplane_spacing_mm" not in native
     with pytest.raises(WeightsError, match="different in-plane grids"):
         save_model(tmp_path / "x.safetensors", ensemble, card(3.906, None))
+    # a member's own card key (benchmarks/ship_ensemble.py records it) counts like its config
+    keyed = {"channels": CHANNELS, "training": {"members": [{"inplane_spacing_mm": 3.906}, {"file": "m1"}]}}
+    assert save_model(tmp_path / "k.safetensors", ensemble, keyed)["inplane_spacing_mm"] == 3.906
+    keyed["training"]["members"][1]["inplane_spacing_mm"] = None
+    with pytest.raises(WeightsError, match="different in-plane grids"):
+        save_model(tmp_path / "x.safetensors", ensemble, keyed)
     with pytest.raises(WeightsError, match="members were trained with"):
         save_model(tmp_path / "y.safetensors", ensemble, {**card(3.906, 3.906), "inplane_spacing_mm": 3.5})
     # a refused card writes nothing, and never replaces earlier weights without their card

@@ -63,18 +63,20 @@ def main() -> int:
     for path, (_, card) in zip(args.members, loaded, strict=True):
         summary = {k: v for k, v in card.get("training", {}).items() if k not in ("run_history", "baselines")}
         members.append(
-            {"file": path.name, "sha256": card["sha256"], "views": card.get("views", ["axial"]), **summary}
+            {
+                "file": path.name,
+                "sha256": card["sha256"],
+                "views": card.get("views", ["axial"]),
+                # save_model takes the ensemble's grid from these (and refuses members that differ)
+                "inplane_spacing_mm": card_inplane_spacing(card),
+                **summary,
+            }
         )
     training = {"members": members}
     if args.validation:
         training["validation"] = evaluate_figures(args.validation.read_text())
         training["validation_source"] = "mambadose evaluate on the ensemble's predict-openkbp output"
-    spacings = {card_inplane_spacing(card) for _, card in loaded}
-    if len(spacings) > 1:
-        raise SystemExit(f"members were trained on different in-plane grids: {sorted(map(str, spacings))}")
-    spacing = spacings.pop()
     card = {
-        **({} if spacing is None else {"inplane_spacing_mm": spacing}),
         "channels": first_card["channels"],
         "views": list(views),
         "normalisation": first_card.get("normalisation", {}),

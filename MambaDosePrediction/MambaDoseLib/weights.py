@@ -129,13 +129,18 @@ def save_model(
 
 
 def _inherit_member_spacing(path: Path, card: dict) -> None:
-    """An ensemble predicts on its members' grid: the in-plane spacing their training configs
-    record (``training.members[i].config.inplane_spacing_mm``; None = native grids) must agree
-    among themselves and with the card's ``inplane_spacing_mm``, which is set from them when
-    absent. Members without a training config are not counted. Raises WeightsError."""
-    members = card.get("training", {}).get("members") or []
-    configs = [m["config"] for m in members if isinstance(m, dict) and isinstance(m.get("config"), dict)]
-    found = {c.get("inplane_spacing_mm") for c in configs}
+    """An ensemble predicts on its members' grid: the in-plane spacing each member records
+    (``training.members[i].inplane_spacing_mm``, the member card's own key, else its training
+    config's ``config.inplane_spacing_mm``; None = native grids) must agree among the members and
+    with the card's ``inplane_spacing_mm``, which is set from them when absent. Members recording
+    neither are not counted. Raises WeightsError."""
+    members = [m for m in card.get("training", {}).get("members") or [] if isinstance(m, dict)]
+    found = set()
+    for m in members:
+        if "inplane_spacing_mm" in m:
+            found.add(m["inplane_spacing_mm"])
+        elif isinstance(m.get("config"), dict):
+            found.add(m["config"].get("inplane_spacing_mm"))
     if len(found) > 1:
         shown = ", ".join("native" if v is None else f"{v:g} mm" for v in sorted(found, key=lambda v: v or 0))
         raise WeightsError(f"{path}: ensemble members were trained on different in-plane grids ({shown})")
