@@ -44,6 +44,7 @@ resamples 33 predicted doses back every epoch.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -143,9 +144,8 @@ def inplane_map_for(patient: Patient, spacing_mm: float, size: int = MODEL_INPLA
     if inplane.is_identity:
         return inplane
     pdm = np.asarray(patient.possible_dose_mask, bool)
-    covered = inplane.native_covered()
-    outside = int(pdm.sum()) - int(pdm[covered].sum())
-    return InplaneMap(pid, shape, native, float(spacing_mm), int(size), offset, outside)  # type: ignore[arg-type]
+    outside = int(pdm.sum()) - int(pdm[inplane.native_covered()].sum())
+    return dataclasses.replace(inplane, pdm_voxels_outside=outside)
 
 
 def resample_patient_inplane(
@@ -199,16 +199,7 @@ def resample_inplane(volume: np.ndarray, inplane: InplaneMap, within: np.ndarray
     within: bool (I, J, K): interpolate only from the voxels inside it (the possible-dose mask,
     for a dose; module docstring); plain linear where none of a voxel's neighbours is inside.
     """
-    volume = np.asarray(volume)
-    _check_shape(volume, inplane.native_shape, inplane, "volume", "the patient's grid")
-    if inplane.is_identity:
-        return np.array(volume, dtype=np.float32)
-    taps = _taps_in(inplane)
-    if within is None:
-        return _resample_inplane(volume, taps)
-    within = np.asarray(within, bool)
-    _check_shape(within, inplane.native_shape, inplane, "mask", "the patient's grid")
-    return _resample_within(volume, taps, within)
+    return _resample(volume, within, inplane, to_native=False)
 
 
 def resample_mask_inplane(mask: np.ndarray, inplane: InplaneMap) -> np.ndarray:
@@ -233,16 +224,33 @@ def resample_dose_back(
     trained and predicted (module docstring); plain linear where none of a voxel's neighbours is
     inside. None: plain linear.
     """
-    dose_gy = np.asarray(dose_gy)
-    _check_shape(dose_gy, inplane.resampled_shape, inplane, "dose", "the resampled grid")
+    return _resample(dose_gy, within, inplane, to_native=True)
+
+
+def _resample(
+    volume: np.ndarray, within: np.ndarray | None, inplane: InplaneMap, to_native: bool
+) -> np.ndarray:
+    """``resample_inplane`` (``to_native`` False: patient's grid -> resampled grid) and
+    ``resample_dose_back`` (True: the way back): shapes checked, a float32 copy for the identity
+    map, else linear (within ``within`` when given)."""
+    shape, where = (
+        (inplane.resampled_shape, "the resampled grid")
+        if to_native
+        else (inplane.native_shape, "the patient's grid")
+    )
+    volume = np.asarray(volume)
+    _check_shape(volume, shape, inplane, "dose" if to_native else "volume", where)
     if inplane.is_identity:
-        return np.array(dose_gy, dtype=np.float32)
-    taps = [_linear_taps(inplane.resampled_index_of_native(n), inplane.size) for n in (0, 1)]
+        return np.array(volume, dtype=np.float32)
+    if to_native:  # taps of the native voxels into the resampled grid
+        taps = [_linear_taps(inplane.resampled_index_of_native(n), inplane.size) for n in (0, 1)]
+    else:  # taps of the resampled voxels into the native grid
+        taps = [_linear_taps(inplane.native_index_of_resampled(n), inplane.native_shape[n]) for n in (0, 1)]
     if within is None:
-        return _resample_inplane(dose_gy, taps)
+        return _resample_inplane(volume, taps)
     within = np.asarray(within, bool)
-    _check_shape(within, inplane.resampled_shape, inplane, "mask", "the resampled grid")
-    return _resample_within(dose_gy, taps, within)
+    _check_shape(within, shape, inplane, "mask", where)
+    return _resample_within(volume, taps, within)
 
 
 def _check_shape(
@@ -283,11 +291,6 @@ def _interpolate_axis(volume: np.ndarray, taps: _Taps, axis: int) -> np.ndarray:
     out = np.take(volume, lo, axis=axis) * w_lo.reshape(shape)  # float32 (bool/float32 input)
     out += np.take(volume, hi, axis=axis) * w_hi.reshape(shape)
     return out.astype(np.float32, copy=False)
-
-
-def _taps_in(inplane: InplaneMap) -> list[_Taps]:
-    """Taps of the resampled voxels into the patient's grid, axes 0 and 1."""
-    return [_linear_taps(inplane.native_index_of_resampled(n), inplane.native_shape[n]) for n in (0, 1)]
 
 
 def _resample_within(volume: np.ndarray, taps: list[_Taps], within: np.ndarray) -> np.ndarray:
