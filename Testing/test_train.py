@@ -24,6 +24,7 @@ from MambaDoseTrainingLib.train import (
     MODEL_BEST,
     TrainConfig,
     ValReference,
+    build_model_config,
     dose_volume_from_rows,
     lr_factor,
     make_val_reference,
@@ -245,6 +246,14 @@ def test_mamba2_torch_backend_trains(phantoms, tmp_path):
     result = run_training(cfg, train, val)
     assert result["epochs"] == 1 and math.isfinite(result["history"][0]["train_loss"])
     assert (tmp_path / LAST).is_file()
+
+
+def test_compile_picks_the_torch_scan_unless_a_backend_is_given(tmp_path):
+    """Compiled, the PyTorch scan fuses with the network (faster than the compiled Triton op)."""
+    assert build_model_config(_config(tmp_path, mixer="mamba2"), 20).backend == "auto"
+    assert build_model_config(_config(tmp_path, mixer="mamba2", compile=True), 20).backend == "torch"
+    given = _config(tmp_path, mixer="mamba2", compile=True, model_options={"backend": "triton"})
+    assert build_model_config(given, 20).backend == "triton"
 
 
 def _write_cache(cache_dir, patients) -> None:

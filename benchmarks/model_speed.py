@@ -29,6 +29,7 @@ from contextlib import nullcontext
 
 import torch
 from MambaDoseLib import mamba2 as mamba2_module
+from MambaDoseLib.inference import use_fast_cuda_math
 from MambaDoseLib.model import MambaUNetConfig, MambaUNetV2, count_parameters
 
 BASE_VARIANTS = {
@@ -238,9 +239,7 @@ def main() -> int:
     train = device.type == "cuda" and not args.no_train
     infer_batch = args.infer_batch or (args.volume_slices if device.type == "cuda" else 16)
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
+        use_fast_cuda_math()  # as training does
 
     results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                "threads": torch.get_num_threads(), "torch": torch.__version__, "bf16": bf16,

@@ -24,6 +24,7 @@ from collections import defaultdict
 import torch
 import torch.nn.functional as F
 from MambaDoseLib import mamba2 as mamba2_module
+from MambaDoseLib.inference import use_fast_cuda_math
 from MambaDoseLib.model import MambaUNetV2
 from model_speed import parse_variant
 
@@ -118,9 +119,7 @@ def main() -> int:
     if not torch.cuda.is_available():
         raise SystemExit("profile_step.py profiles CUDA kernels: it needs a GPU")
     device = torch.device("cuda")
-    torch.backends.cudnn.benchmark = True
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
+    use_fast_cuda_math()  # as training does
     results = {"device": torch.cuda.get_device_name(device), "torch": torch.__version__, "variants": []}
     for spec in args.variants.split(","):
         results["variants"].append(profile_variant(spec, args, device))

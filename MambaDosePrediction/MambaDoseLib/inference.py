@@ -114,6 +114,15 @@ def resolve_device(name: str = "auto") -> torch.device:
     raise MambaDoseError(f"unknown device {name!r}: expected auto, cpu or cuda")
 
 
+def use_fast_cuda_math() -> None:
+    """TF32 tensor cores for float32 matmuls and convolutions, and cuDNN's autotuner: what training
+    and the speed benchmarks run with on a GPU (bf16 autocast does the rest). Not used for
+    prediction, whose float32 results stay comparable between CPU and GPU."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+
+
 def lr_swap_pairs(channels: Sequence[str]) -> list[tuple[int, int]]:
     """Index pairs of channels whose names differ only by ``Right`` <-> ``Left``."""
     index = {name: i for i, name in enumerate(channels)}

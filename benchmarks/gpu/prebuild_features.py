@@ -3,7 +3,7 @@
 re-import the main script.
 
     python3 benchmarks/gpu/prebuild_features.py [--views axial,coronal,sagittal] [--workers 32]
-        [--inplane-spacing MM]
+        [--inplane-spacing MM] [--channels 2.5d]
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ def main() -> int:
     parser.add_argument("--views", default="axial")
     parser.add_argument("--workers", type=int, default=32)
     parser.add_argument("--root", default="/tmp/feat")
+    parser.add_argument("--channels", default="2d", help="as mambadose train's option")
     parser.add_argument("--inplane-spacing", type=float, default=None, help="as mambadose train's option")
     args = parser.parse_args()
-    channels = channels_for_preset("2d")
+    channels = channels_for_preset(args.channels)
     views = parse_views(args.views)
     for split in ("train", "val"):
         src = str(Path(f"/tmp/cache/{split}").resolve())  # as `mambadose train` keys its folders

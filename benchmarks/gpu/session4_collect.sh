@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# After benchmarks/gpu/session4_runs.sh: wait for the trainings (at most WAIT_S), put into $OUT
+# first what must not be lost (the runs' best weights stored as float16, two runs per tarball, and
+# a tarball of histories, cards and logs), then predict the validation patients (written back from
+# the cache) with every run's best weights, score each alone and the means of the first k (best
+# first), and with the shipped ensemble (counted as its size) in front when one is given.
+# In session 4 the scoring came first and the call ran out of device time before the weights left
+# the machine: weights first.
+#   bash benchmarks/gpu/session4_collect.sh WAIT_S [SHIPPED_ENSEMBLE.safetensors SIZE]
+set -u -f  # -f: no filename globbing (model arguments carry '*5' weights)
+runs=/tmp/runs; out=${OUT:-/tmp/out}; mkdir -p $out /tmp/half
+end=$((SECONDS + $1)); shipped=${2:-}; size=${3:-1}
+while pgrep -f "[M]ambaDoseLib.cli train" > /dev/null && [ $SECONDS -lt $end ]; do sleep 5; done
+pkill -f "[M]ambaDoseLib.cli train"  # past WAIT_S: the best checkpoints so far are what we have
+order=$(python3 - <<'PY'
+import json, pathlib
+cards = {p.parent.name: json.loads(p.read_text()) for p in pathlib.Path("/tmp/runs").glob("*/model_best.json")}
+score = {n: c["training"]["validation"]["val_dose_score"] for n, c in cards.items()}
+print(" ".join(sorted(score, key=score.get)))
+PY
+)
+echo "order: $order"
+tar czf $out/results.tgz -C $runs $(cd $runs && ls *.log */history.csv */model_best.json */train.log 2>/dev/null)
+python3 - $order <<'PY'
+import sys, torch
+from MambaDoseLib.weights import load_model, save_model
+for name in sys.argv[1:]:
+    model, card = load_model(f"/tmp/runs/{name}/model_best.safetensors")
+    save_model(f"/tmp/half/{name}.safetensors", model, card, storage_dtype=torch.float16)
+PY
+set -- $order
+while [ $# -gt 0 ]; do
+  pair="$1.safetensors $1.json"; tag=$1; shift
+  if [ $# -gt 0 ]; then pair="$pair $1.safetensors $1.json"; tag="${tag}_$1"; shift; fi
+  tar cf $out/w_$tag.tar -C /tmp/half $pair
+done
+ls -la $out
+[ -d /tmp/valpats ] || python3 benchmarks/gpu/cache_to_openkbp.py /tmp/cache/val /tmp/valpats > /dev/null
+models=""; for n in $order; do models="$models $runs/$n/model_best.safetensors"; done
+eval_args="--device cuda --split /tmp/valpats --store /tmp/ens --prefix-means"
+python3 benchmarks/ensemble_eval.py $models $eval_args 2>&1 | grep -v " pt_" > $out/ensemble_eval_new.txt
+tail -20 $out/ensemble_eval_new.txt
+if [ -n "$shipped" ]; then
+  python3 benchmarks/ensemble_eval.py "$shipped*$size" $models $eval_args 2>&1 | grep -v " pt_" > $out/ensemble_eval_with_shipped.txt
+  tail -12 $out/ensemble_eval_with_shipped.txt
+fi
