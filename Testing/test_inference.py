@@ -223,3 +223,46 @@ def test_unknown_or_repeated_view_is_refused():
     with pytest.raises(InputError, match="repeat"):
         inference.check_views(("axial", "axial"))
     assert inference.card_views({"channels": []}) == ("axial",)
+
+
+# --------------------------------------------------------------------------- skipping empty slices
+
+
+class _Counting(torch.nn.Module):
+    """Wraps a model and counts the slices it is asked for."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner, self.slices = inner, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.slices += x.shape[0]
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_within_mask_skips_empty_slices_and_keeps_the_dose_inside(tta):
+    f = _features(shape=(6, 5, 7), seed=4)
+    within = np.zeros((6, 5, 7), bool)
+    within[1:4, 2:4, 2:5] = True  # rows 1-3, columns 2-3, axial slices 2-4
+    views = ("axial", "coronal", "sagittal")
+    kw = dict(device="cpu", views=views, tta=tta, tta_flips=inference.FOUR_FLIPS, batch_size=2)
+    plain_model, skip_model = _Counting(_RowRamp()), _Counting(_RowRamp())  # not flip-equivariant
+    plain = inference.predict_volume(plain_model, f, denormalise=_identity, **kw)
+    calls = []
+    skipped = inference.predict_volume(
+        skip_model, f, denormalise=_identity, within=within, progress=lambda d, t: calls.append((d, t)), **kw
+    )
+    np.testing.assert_allclose(skipped[within], plain[within], atol=1e-6)
+    assert np.all(skipped[~within] == 0.0)
+    flips = 4 if tta else 1
+    assert plain_model.slices == flips * (7 + 6 + 5)
+    assert skip_model.slices == flips * (3 + 3 + 2)  # axial 2-4, coronal rows 1-3, sagittal columns 2-3
+    assert calls[-1] == (skip_model.slices, skip_model.slices)
+
+
+def test_within_mask_of_another_shape_is_refused():
+    with pytest.raises(InputError, match="within mask"):
+        inference.predict_volume(
+            _conv1x1(3), _features(), within=np.ones((6, 5, 6), bool), denormalise=_identity
+        )

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import time
 from contextlib import nullcontext
@@ -61,6 +62,11 @@ def parse_variant(spec: str, in_channels: int) -> tuple[str, MambaUNetConfig, st
         key, _, value = item.partition("=")
         kwargs[key] = json.loads(value) if value[:1] in "0123456789[-tf" else value
     return spec, MambaUNetConfig(in_channels=in_channels, **kwargs), compile_mode
+
+
+def split_variants(text: str) -> list[str]:
+    """Comma-separated variants; commas inside brackets belong to a value (``:channels=[48,96,192,384]``)."""
+    return [v for v in re.split(r",(?![^\[]*\])", text) if v]
 
 
 def ssd_flops(batch: int, length: int, heads: int, headdim: int, d_state: int, chunk: int) -> int:
@@ -244,7 +250,7 @@ def main() -> int:
     results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                "threads": torch.get_num_threads(), "torch": torch.__version__, "bf16": bf16,
                "triton_available": mamba2_module.triton_available(), "variants": []}  # fmt: skip
-    for spec in args.variants.split(","):
+    for spec in split_variants(args.variants):
         label, cfg, compile_mode = parse_variant(spec, args.in_channels)
         compile_mode = compile_mode or ("default" if args.compile else None)
         if cfg.backend == "triton" and not (device.type == "cuda" and mamba2_module.triton_available()):

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from MambaDoseLib import mamba2 as mamba2_module
 from MambaDoseLib.inference import use_fast_cuda_math
 from MambaDoseLib.model import MambaUNetV2
-from model_speed import parse_variant
+from model_speed import parse_variant, split_variants
 
 
 def conv1d_cudnn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -121,7 +121,7 @@ def main() -> int:
     device = torch.device("cuda")
     use_fast_cuda_math()  # as training does
     results = {"device": torch.cuda.get_device_name(device), "torch": torch.__version__, "variants": []}
-    for spec in args.variants.split(","):
+    for spec in split_variants(args.variants):
         results["variants"].append(profile_variant(spec, args, device))
         torch.cuda.empty_cache()
     if args.json:

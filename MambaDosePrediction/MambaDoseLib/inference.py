@@ -182,6 +182,7 @@ def predict_volume(
     swap_channels: Sequence[tuple[int, int]] = (),
     autocast: bool = True,
     denormalise: Callable[[np.ndarray], np.ndarray] | None = None,
+    within: np.ndarray | None = None,
     progress: Callable[[int, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
 ) -> np.ndarray:
@@ -192,10 +193,13 @@ def predict_volume(
     views: slice orientations (module docstring); the model card's ``"views"`` are the ones it
     was trained on. tta: average over ``tta_flips`` (module docstring). autocast: bf16 autocast
     on CUDA (ignored on CPU). denormalise: normalised -> Gy (default
-    ``features.denormalise_dose``). progress(done_slices, total_slices) is called after each
-    batch; ``cancel()`` is checked before each batch and raises :class:`PredictionCancelled`
-    when it returns True. Returns float32 (I, J, K) dose in Gy, clipped at 0 (a dose is never
-    negative).
+    ``features.denormalise_dose``). within: an optional (I, J, K) mask (the possible-dose mask):
+    the dose is 0 outside it, and a slice of any view with no voxel of it is not computed (a 2D
+    model's slices are independent, so the dose inside is unchanged; OpenKBP patients have no
+    possible dose on about 40 % of their axial slices). progress(done_slices, total_slices) is
+    called after each batch, counting the slices computed; ``cancel()`` is checked before each
+    batch and raises :class:`PredictionCancelled` when it returns True. Returns float32 (I, J, K)
+    dose in Gy, clipped at 0 (a dose is never negative).
     """
     if features.ndim != 4:
         raise InputError(f"features must be (C, I, J, K), got shape {features.shape}")
@@ -212,8 +216,18 @@ def predict_volume(
     model.to(device).eval()
     use_autocast = autocast and device.type == "cuda"
     multiple = _slice_multiple(model)
+    if within is not None:
+        within = np.asarray(within, bool)
+        if within.shape != features.shape[1:]:
+            raise InputError(f"within mask has shape {within.shape}, the features {features.shape[1:]}")
 
-    total_slices = len(flips) * sum(features.shape[1 + VIEWS[v]] for v in views)
+    def wanted(view: str, flip: tuple[int, ...]) -> np.ndarray:
+        """Indices of the slices to compute: all, or those holding voxels of ``within``."""
+        if within is None:
+            return np.arange(features.shape[1 + VIEWS[view]])
+        return slices_with_voxels(np.flip(within, axis=list(flip)) if flip else within, view)
+
+    total_slices = len(flips) * sum(len(wanted(v, ())) for v in views)  # a flip keeps the count
     done = 0
     total = np.zeros(features.shape[1:], np.float32)  # (I, J, K), normalised
     with torch.inference_mode():
@@ -222,28 +236,32 @@ def predict_volume(
             for view in views:
                 slices = to_slices(volume, view)  # (N, C, H, W), a view of the array
                 n, _, h, w = slices.shape
+                index = wanted(view, flip)
                 pad = ((0, 0), (0, 0), (0, -h % multiple), (0, -w % multiple))
-                out = np.empty((n, h, w), np.float32)
-                for s0 in range(0, n, batch_size):
+                out = np.zeros((n, h, w), np.float32)
+                for b0 in range(0, len(index), batch_size):
                     if cancel is not None and cancel():
                         raise PredictionCancelled(
                             f"prediction cancelled after {done} of {total_slices} slices"
                         )
-                    s1 = min(s0 + batch_size, n)
-                    batch = np.ascontiguousarray(slices[s0:s1], np.float32)
+                    rows = index[b0 : b0 + batch_size]
+                    batch = np.ascontiguousarray(slices[rows], np.float32)
                     if any(p[1] for p in pad):
                         batch = np.pad(batch, pad, mode="edge")
                     x = torch.from_numpy(batch).to(device, non_blocking=True)
                     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_autocast):
                         y = model(x)  # (B, 1, H', W')
-                    out[s0:s1] = y.float()[:, 0, :h, :w].cpu().numpy()
-                    done += s1 - s0
+                    out[rows] = y.float()[:, 0, :h, :w].cpu().numpy()
+                    done += len(rows)
                     if progress is not None:
                         progress(done, total_slices)
                 pred = from_slices(out, view)
                 total += np.flip(pred, axis=list(flip)) if flip else pred
     mean = total / np.float32(len(flips) * len(views))
-    return np.maximum(np.asarray(denormalise(mean), np.float32), 0.0)
+    dose = np.maximum(np.asarray(denormalise(mean), np.float32), 0.0)
+    if within is not None:
+        dose[~within] = 0.0
+    return dose
 
 
 def predict_patient(
@@ -259,7 +277,8 @@ def predict_patient(
     is resampled onto it (``spacing.resample_patient_inplane``), predicted there, and the dose
     comes back to the patient's grid (``spacing.resample_dose_back`` within the resampled
     possible-dose mask, where the model was trained). kwargs go to
-    :func:`predict_volume`; ``swap_channels`` defaults to the card's right/left channel pairs.
+    :func:`predict_volume`; ``swap_channels`` defaults to the card's right/left channel pairs and
+    ``within`` to the possible-dose mask on the model grid (slices without it are not computed).
     Returns float32 (I, J, K) on the patient's grid.
     """
     from .features import build_features
@@ -273,6 +292,7 @@ def predict_patient(
     features = build_features(model_patient, channels)
     kwargs.setdefault("swap_channels", lr_swap_pairs(channels))
     kwargs.setdefault("views", card_views(card))
+    kwargs.setdefault("within", model_patient.possible_dose_mask)
     dose = predict_volume(model, features, **kwargs)
     if inplane is not None and not inplane.is_identity:
         dose = resample_dose_back(dose, inplane, within=model_patient.possible_dose_mask)
