@@ -243,6 +243,34 @@ def test_predict_patient_resamples_in_and_back_to_the_native_grid():
     assert native.shape == p.shape and not np.array_equal(native, dose)
 
 
+class _Constant(torch.nn.Module):
+    """0.5 on the normalised scale (60 Gy) everywhere."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(x[:, 0:1], 0.5) + self.dummy
+
+
+def test_predict_patient_after_resampling_gives_a_dose_to_every_possible_dose_voxel():
+    """A lone possible-dose voxel vanishes from the resampled mask (linear >= 0.5); the dose coming
+    back reads the model grid around it, so nothing there may be skipped or zeroed."""
+    p = make_phantom((40, 40, 6), (2.0, 2.0, 2.5), seed=7, with_dose=False)
+    lone = (4, 4, 3)  # between model-grid voxels: the resampled mask drops it
+    p.possible_dose_mask[:] = False
+    p.possible_dose_mask[12:30, 12:30, :] = True
+    p.possible_dose_mask[lone] = True
+    r, _ = resample_patient_inplane(p, 3.906)
+    card = {"channels": CHANNELS, "inplane_spacing_mm": 3.906}
+    dose = inference.predict_patient(_Constant(), card, p, device="cpu")
+    assert dose[p.possible_dose_mask].min() > 59.0 and np.all(dose[~p.possible_dose_mask] == 0.0)
+    # what skipping by the resampled mask would have done: no dose at the lone voxel
+    skipped = inference.predict_patient(_Constant(), card, p, device="cpu", within=r.possible_dose_mask)
+    assert skipped[lone] == 0.0
+
+
 def test_predict_patient_on_the_cards_grid_does_not_resample(monkeypatch):
     import MambaDoseLib.spacing as spacing
 

@@ -228,6 +228,11 @@ def test_train_resume_after_time_limit_matches_uninterrupted_run(phantoms, tmp_p
     a = torch.load(out / LAST, weights_only=True)["model"]
     b = torch.load(part / LAST, weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # the scan backend may change on resume (e.g. --compile picks the PyTorch scan), the architecture not
+    with pytest.raises(InputError, match="differs"):
+        run_training(_config(part, resume=True, epochs=3, model_channels=(8, 16, 32, 32)), train, val)
+    more = run_training(_config(part, resume=True, epochs=3, model_options={"backend": "torch"}), train, val)
+    assert more["epochs"] == 3
 
 
 def test_mamba2_torch_backend_trains(phantoms, tmp_path):

@@ -277,8 +277,9 @@ def predict_patient(
     is resampled onto it (``spacing.resample_patient_inplane``), predicted there, and the dose
     comes back to the patient's grid (``spacing.resample_dose_back`` within the resampled
     possible-dose mask, where the model was trained). kwargs go to
-    :func:`predict_volume`; ``swap_channels`` defaults to the card's right/left channel pairs and
-    ``within`` to the possible-dose mask on the model grid (slices without it are not computed).
+    :func:`predict_volume`; ``swap_channels`` defaults to the card's right/left channel pairs and,
+    when the patient is not resampled, ``within`` to its possible-dose mask (slices without it are
+    not computed).
     Returns float32 (I, J, K) on the patient's grid.
     """
     from .features import build_features
@@ -292,9 +293,13 @@ def predict_patient(
     features = build_features(model_patient, channels)
     kwargs.setdefault("swap_channels", lr_swap_pairs(channels))
     kwargs.setdefault("views", card_views(card))
-    kwargs.setdefault("within", model_patient.possible_dose_mask)
+    resampled = inplane is not None and not inplane.is_identity
+    if not resampled:
+        # (after resampling, resample_dose_back may read model-grid voxels just outside the
+        # resampled mask for patient voxels without a neighbour inside it: nothing is skipped)
+        kwargs.setdefault("within", model_patient.possible_dose_mask)
     dose = predict_volume(model, features, **kwargs)
-    if inplane is not None and not inplane.is_identity:
+    if resampled:
         dose = resample_dose_back(dose, inplane, within=model_patient.possible_dose_mask)
     dose[~np.asarray(patient.possible_dose_mask, bool)] = 0.0
     return dose

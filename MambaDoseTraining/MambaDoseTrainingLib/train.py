@@ -531,6 +531,12 @@ def _model_config_dict(model_config) -> dict:
     return json.loads(json.dumps(asdict(model_config), default=list))
 
 
+def _architecture(config: dict) -> dict:
+    """A model config without its scan backend: a run may resume with another backend (e.g. with
+    or without ``--compile``), the weights being the same."""
+    return {k: v for k, v in config.items() if k != "backend"}
+
+
 # --------------------------------------------------------------------------- validation
 
 
@@ -927,7 +933,7 @@ def _train(
     model_config_dict = _model_config_dict(model_config)
     raw_model = MambaUNetV2(model_config)
     if ckpt is not None:
-        if ckpt["model_config"] != model_config_dict:
+        if _architecture(ckpt["model_config"]) != _architecture(model_config_dict):
             raise InputError(
                 f"{out / LAST}: saved model config {ckpt['model_config']} differs from "
                 f"this command's {model_config_dict}"

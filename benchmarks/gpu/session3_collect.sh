@@ -25,6 +25,6 @@ for n in $order; do case $n in r*) [ -n "$shipped" ] && models="$models $shipped
 python3 benchmarks/ensemble_eval.py $models --device cuda --split /tmp/valpats --store /tmp/ens --prefix-means \
   > $runs/ensemble_eval.txt 2>&1
 tail -25 $runs/ensemble_eval.txt
-tar czf $out/results.tgz -C $runs $(cd $runs && ls *.log *.txt */history.csv */model_best.json */train.log 2>/dev/null)
+(set +f; tar czf $out/results.tgz -C $runs $(cd $runs && ls *.log *.txt */history.csv */model_best.json */train.log 2>/dev/null))  # globs on here
 i=0; for n in $order; do [ $i -lt 7 ] && cp $runs/$n/model_best.safetensors $out/$n.safetensors; i=$((i + 1)); done
 ls -la $out

@@ -7,15 +7,16 @@
 # In session 4 the scoring came first and the call ran out of device time before the weights left
 # the machine: weights first.
 #   bash benchmarks/gpu/session4_collect.sh WAIT_S [SHIPPED_ENSEMBLE.safetensors SIZE]
-set -u -f  # -f: no filename globbing (model arguments carry '*5' weights)
+set -u
 runs=/tmp/runs; out=${OUT:-/tmp/out}; mkdir -p $out /tmp/half
 end=$((SECONDS + $1)); shipped=${2:-}; size=${3:-1}
 while pgrep -f "[M]ambaDoseLib.cli train" > /dev/null && [ $SECONDS -lt $end ]; do sleep 5; done
 pkill -f "[M]ambaDoseLib.cli train"  # past WAIT_S: the best checkpoints so far are what we have
+while pgrep -f "[M]ambaDoseLib.cli train" > /dev/null; do sleep 1; done  # none half-written
 order=$(python3 - <<'PY'
 import json, pathlib
 cards = {p.parent.name: json.loads(p.read_text()) for p in pathlib.Path("/tmp/runs").glob("*/model_best.json")}
-score = {n: c["training"]["validation"]["val_dose_score"] for n, c in cards.items()}
+score = {n: c["training"]["validation"].get("val_dose_score") or float("inf") for n, c in cards.items()}
 print(" ".join(sorted(score, key=score.get)))
 PY
 )
