@@ -106,6 +106,14 @@ def test_perturbed_predictions(split):
     # every ROI lies in the mask, so every DVH metric moves by exactly 1 Gy -> DVH score 1.
     assert done.stdout.strip().splitlines()[-2:] == ["dose_score 1.0000", "dvh_score 1.0000"]
     assert "paper's variant" in done.stdout
+    # the breakdown: every (ROI, metric) off by +1 Gy, a bias of +1; the last two lines unchanged
+    done = _evaluate(str(split / "ref"), str(split / "plus_one"), "--breakdown")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[-2:] == ["dose_score 1.0000", "dvh_score 1.0000"]
+    rows = [line.split() for line in lines if line.strip().startswith("PTV70 ")]
+    assert [r[1] for r in rows] == ["D_1", "D_95", "D_99"]
+    assert all(r[3] == "1.000" and r[4] == "+1.000" for r in rows)
 
 
 def test_missing_prediction_is_named(split, tmp_path):

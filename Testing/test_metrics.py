@@ -101,6 +101,20 @@ def test_dvh_score_shared_pairs_only_and_pooled_variant():
     assert metrics.dvh_score_pooled([(pred_a, ref_a), (pred_b, ref_b)]) == pytest.approx(3.0, abs=TOL)
     assert math.isnan(metrics.dvh_score({}, ref_b))
     assert math.isnan(metrics.dvh_score({("PTV56", "D_1"): math.nan}, ref_b))
+    # the breakdown of the same pairs: one row per shared (roi, metric), sorted
+    ref_c = {("Brainstem", "mean"): 20.0}
+    pred_c = {("Brainstem", "mean"): 23.0}  # +3
+    rows = metrics.dvh_error_breakdown([(pred_a, ref_a), (pred_b, ref_b), (pred_c, ref_c)])
+    got = [(r.roi, r.metric, r.n, r.mae, r.bias, r.share) for r in rows]
+    total = 2 + 1 + 6 + 3
+    expected = [
+        ("Brainstem", "mean", 2, 2.0, 1.0, 4 / total),  # errors -1, +3
+        ("PTV56", "D_1", 1, 6.0, 6.0, 6 / total),
+        ("PTV70", "D_95", 1, 2.0, 2.0, 2 / total),
+    ]
+    assert [g[:3] for g in got] == [e[:3] for e in expected]
+    for g, e in zip(got, expected, strict=True):
+        assert g[3:] == pytest.approx(e[3:], abs=TOL)
 
 
 def test_roi_metrics_hand_vector():

@@ -126,3 +126,34 @@ def test_isodose_dice_bounds_and_symmetry(pred, ref, level):
     assert math.isclose(d, metrics.isodose_dice(ref, pred, level))
     if (ref >= level).any():
         assert metrics.isodose_dice(ref, ref, level) == 1.0
+
+
+_pairs = st.lists(
+    st.tuples(
+        st.dictionaries(
+            st.tuples(st.sampled_from(["PTV70", "Brainstem", "Larynx"]), st.sampled_from(["D_1", "mean"])),
+            st.one_of(st.floats(0.0, 80.0), st.just(math.nan)),
+            max_size=6,
+        ),
+        st.dictionaries(
+            st.tuples(st.sampled_from(["PTV70", "Brainstem", "Larynx"]), st.sampled_from(["D_1", "mean"])),
+            st.one_of(st.floats(0.0, 80.0), st.just(math.nan)),
+            max_size=6,
+        ),
+    ),
+    max_size=5,
+)
+
+
+@given(_pairs)
+def test_dvh_breakdown_adds_up_to_the_pooled_score(patients):
+    rows = metrics.dvh_error_breakdown(patients)
+    pooled = metrics.dvh_score_pooled(patients)
+    n = sum(r.n for r in rows)
+    if n == 0:
+        assert rows == [] and math.isnan(pooled)
+        return
+    assert math.isclose(sum(r.n * r.mae for r in rows) / n, pooled, rel_tol=1e-9, abs_tol=1e-12)
+    assert all(abs(r.bias) <= r.mae + 1e-9 for r in rows)
+    if pooled > 0:
+        assert math.isclose(sum(r.share for r in rows), 1.0, rel_tol=1e-9)

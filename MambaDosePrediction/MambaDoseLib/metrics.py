@@ -202,6 +202,46 @@ def dvh_score_pooled(
     return float(np.mean(errors)) if errors else math.nan
 
 
+@dataclass(frozen=True)
+class DvhErrorRow:
+    """The errors of one (ROI, challenge metric) over patients: ``n`` pairs, mean ``|pred - ref|``
+    (Gy), mean ``pred - ref`` (Gy; a bias), and the share of the pooled DVH score (0-1)."""
+
+    roi: str
+    metric: str
+    n: int
+    mae: float
+    bias: float
+    share: float
+
+
+def dvh_error_breakdown(
+    patients: Iterable[tuple[Mapping[tuple[str, str], float], Mapping[tuple[str, str], float]]],
+) -> list[DvhErrorRow]:
+    """Where the pooled DVH score comes from: one row per (roi, metric) pair present in any
+    patient (the pairs :func:`dvh_errors` counts), sorted by ROI then metric. The shares sum to 1
+    and ``sum(n * mae) / sum(n)`` is :func:`dvh_score_pooled`."""
+    signed: dict[tuple[str, str], list[float]] = {}
+    for pred, ref in patients:
+        for key in dvh_errors(pred, ref):
+            signed.setdefault(key, []).append(pred[key] - ref[key])
+    total = sum(sum(abs(e) for e in errors) for errors in signed.values())
+    rows = []
+    for (roi, metric), errors in sorted(signed.items()):
+        absolute = sum(abs(e) for e in errors)
+        rows.append(
+            DvhErrorRow(
+                roi,
+                metric,
+                len(errors),
+                absolute / len(errors),
+                sum(errors) / len(errors),
+                absolute / total if total > 0 else math.nan,
+            )
+        )
+    return rows
+
+
 # --------------------------------------------------------------------------- extended ROI metrics
 
 

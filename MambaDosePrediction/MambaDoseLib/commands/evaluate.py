@@ -36,6 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="write reference and predicted metrics per patient and ROI",
     )
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also print where the DVH score comes from: per ROI and metric the mean |error|, "
+        "the mean signed error (a bias) and the share of the score",
+    )
 
 
 def patient_row(ev: Any) -> dict[str, Any]:
@@ -173,5 +179,21 @@ def run(args: argparse.Namespace) -> int:
     if args.per_roi_csv:
         write_csv_atomic(args.per_roi_csv, [row for ev in evaluations for row in roi_rows(ev)])
         log.info("per-ROI metrics written to %s", args.per_roi_csv)
+    if args.breakdown:
+        rows = metrics.dvh_error_breakdown((ev.pred_dvh, ev.ref_dvh) for ev in evaluations)
+        print("\n".join(breakdown_lines(rows)))
     print("\n".join(summary_lines(evaluations, pooled)), flush=True)
     return 0
+
+
+def breakdown_lines(rows: list) -> list[str]:
+    """The DVH error breakdown (:func:`metrics.dvh_error_breakdown`) as a printed table."""
+    lines = [
+        "DVH score by ROI and metric (error = predicted - reference):",
+        f"  {'ROI':14s} {'metric':9s} {'pairs':>5s} {'mean |error| Gy':>16s} {'mean error Gy':>14s} {'share':>6s}",
+    ]
+    for r in rows:
+        lines.append(
+            f"  {r.roi:14s} {r.metric:9s} {r.n:5d} {r.mae:16.3f} {r.bias:+14.3f} {100 * r.share:5.1f}%"
+        )
+    return lines
