@@ -45,7 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run the model"
     )
     parser.add_argument(
-        "--tta", action="store_true", help="average over left-right flipped inputs (test-time augmentation)"
+        "--tta",
+        action="store_true",
+        help="average over the left-right flip (test-time augmentation): twice the time, lower error "
+        "(shipped network on OpenKBP validation: dose score 2.83 instead of 2.91 Gy)",
     )
     parser.add_argument(
         "--views",

@@ -32,7 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: auto")
     parser.add_argument(
-        "--tta", action="store_true", help="average over the left-right flip (test-time augmentation)"
+        "--tta",
+        action="store_true",
+        help="average over the left-right flip (test-time augmentation): twice the time, lower error "
+        "(shipped network on OpenKBP validation: dose score 2.83 instead of 2.91 Gy)",
     )
     parser.add_argument(
         "--views",
