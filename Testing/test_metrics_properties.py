@@ -128,21 +128,12 @@ def test_isodose_dice_bounds_and_symmetry(pred, ref, level):
         assert metrics.isodose_dice(ref, ref, level) == 1.0
 
 
-_pairs = st.lists(
-    st.tuples(
-        st.dictionaries(
-            st.tuples(st.sampled_from(["PTV70", "Brainstem", "Larynx"]), st.sampled_from(["D_1", "mean"])),
-            st.one_of(st.floats(0.0, 80.0), st.just(math.nan)),
-            max_size=6,
-        ),
-        st.dictionaries(
-            st.tuples(st.sampled_from(["PTV70", "Brainstem", "Larynx"]), st.sampled_from(["D_1", "mean"])),
-            st.one_of(st.floats(0.0, 80.0), st.just(math.nan)),
-            max_size=6,
-        ),
-    ),
-    max_size=5,
+_dvh_metrics = st.dictionaries(  # one patient's {(roi, metric): Gy}, NaN for a missing value
+    st.tuples(st.sampled_from(["PTV70", "Brainstem", "Larynx"]), st.sampled_from(["D_1", "mean"])),
+    st.one_of(st.floats(0.0, 80.0), st.just(math.nan)),
+    max_size=6,
 )
+_pairs = st.lists(st.tuples(_dvh_metrics, _dvh_metrics), max_size=5)  # (pred, ref) per patient
 
 
 @given(_pairs)

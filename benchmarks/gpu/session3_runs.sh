@@ -6,18 +6,9 @@
 # All: weight EMA 0.999, lr 3e-4, 2 warm-up epochs, cosine over EPOCHS, Triton scan.
 # Needs /tmp/cache/{train,val}, `source benchmarks/gpu/setup.sh`, run from a copy that stays put.
 #   bash benchmarks/gpu/session3_runs.sh TIME_LIMIT_S EPOCHS
-set -u
-limit=$1; epochs=$2
-export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=6
-runs=/tmp/runs; mkdir -p $runs
-common="--train-cache /tmp/cache/train --val-cache /tmp/cache/val --feature-cache /tmp/feat --lr 3e-4 --batch-size 32 --channels-last --no-progress --resume --ema 0.999 --warmup-epochs 2 --epochs $epochs --time-limit $limit --workers 8"
+source benchmarks/gpu/runs_common.sh "$1" "$2"
 python3 benchmarks/gpu/prebuild_features.py > $runs/features.log 2>&1
 python3 benchmarks/gpu/prebuild_features.py --inplane-spacing 3.906 >> $runs/features.log 2>&1
-start() {  # GPU NAME SEED BETA [EXTRA...]
-  local gpu=$1 name=$2 seed=$3 beta=$4; shift 4
-  CUDA_VISIBLE_DEVICES=$gpu setsid nohup python3 -m MambaDoseLib.cli train $common --seed $seed \
-    --loss-beta $beta "$@" --out $runs/$name > $runs/$name.log 2>&1 < /dev/null &
-}
 start 0 n20 20 0.05
 start 0 r20 20 0.05 --inplane-spacing 3.906
 start 1 n21 21 0.02

@@ -7,25 +7,16 @@
 # second seed of 2d and 2.5d at beta 0.01.
 # Needs /tmp/cache/{train,val}, `source benchmarks/gpu/setup.sh`, run from a copy that stays put.
 #   bash benchmarks/gpu/session4_runs.sh TIME_LIMIT_S EPOCHS
-set -u
-limit=$1; epochs=$2
-export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=6
-runs=/tmp/runs; mkdir -p $runs
-common="--train-cache /tmp/cache/train --val-cache /tmp/cache/val --feature-cache /tmp/feat --lr 3e-4 --batch-size 32 --channels-last --no-progress --resume --ema 0.999 --warmup-epochs 2 --epochs $epochs --time-limit $limit --workers 8 --backend torch --compile"
+source benchmarks/gpu/runs_common.sh "$1" "$2" --backend torch --compile
 python3 benchmarks/gpu/prebuild_features.py > $runs/features.log 2>&1
 python3 benchmarks/gpu/prebuild_features.py --channels 2.5d >> $runs/features.log 2>&1
-start() {  # GPU NAME SEED BETA CHANNELS
-  local gpu=$1 name=$2 seed=$3 beta=$4 channels=$5
-  CUDA_VISIBLE_DEVICES=$gpu setsid nohup python3 -m MambaDoseLib.cli train $common --seed $seed \
-    --loss-beta $beta --channels $channels --out $runs/$name > $runs/$name.log 2>&1 < /dev/null &
-}
-start 0 c30 30 0.02 2d
-start 0 c31 31 0.01 2d
-start 1 c32 32 0.005 2d
-start 1 c33 33 0.02 2.5d
-start 2 c34 34 0.01 2.5d
-start 2 c35 35 0.005 2.5d
-start 3 c36 36 0.01 2d
-start 3 c37 37 0.01 2.5d
+start 0 c30 30 0.02 --channels 2d
+start 0 c31 31 0.01 --channels 2d
+start 1 c32 32 0.005 --channels 2d
+start 1 c33 33 0.02 --channels 2.5d
+start 2 c34 34 0.01 --channels 2.5d
+start 2 c35 35 0.005 --channels 2.5d
+start 3 c36 36 0.01 --channels 2d
+start 3 c37 37 0.01 --channels 2.5d
 sleep 2
 echo "started 8 runs"
