@@ -43,18 +43,23 @@ BASE_VARIANTS = {
 
 
 def parse_variant(spec: str, in_channels: int) -> tuple[str, MambaUNetConfig, str | None]:
-    """``name[+compile|+cudagraphs|+graph][:key=value;key=value]`` -> (label, config, mode).
+    """``name[+compile|+cudagraphs|+autotune|+graph][:key=value;key=value]`` -> (label, config, mode).
 
-    mode: None (eager), "default" / "reduce-overhead" (torch.compile modes) or "graph" (the whole
+    mode: None (eager), "default" / "reduce-overhead" / "max-autotune" (torch.compile modes; the
+    last autotunes Inductor's kernels and uses CUDA graphs too) or "graph" (the whole
     training step, AdamW included, captured once in a CUDA graph and replayed).
     """
     name, _, overrides = spec.partition(":")
     name, _, compile_flag = name.partition("+")
-    compile_mode = {"": None, "compile": "default", "cudagraphs": "reduce-overhead", "graph": "graph"}.get(
-        compile_flag, "?"
-    )
+    compile_mode = {
+        "": None,
+        "compile": "default",
+        "cudagraphs": "reduce-overhead",
+        "autotune": "max-autotune",
+        "graph": "graph",
+    }.get(compile_flag, "?")
     if compile_mode == "?":
-        raise SystemExit(f"unknown suffix +{compile_flag}; use +compile, +cudagraphs or +graph")
+        raise SystemExit(f"unknown suffix +{compile_flag}; use +compile, +cudagraphs, +autotune or +graph")
     if name not in BASE_VARIANTS:
         raise SystemExit(f"unknown variant {name!r}; choose from {sorted(BASE_VARIANTS)}")
     kwargs = dict(BASE_VARIANTS[name])

@@ -4,7 +4,8 @@ Recipe: SmoothL1 inside the possible-dose mask on the [-1, 1] dose scale (``loss
 purpose: 0.05 = 2 Gy), AdamW (no weight decay on norms, biases and parameters flagged
 ``_no_weight_decay``), linear warm-up then cosine annealing to 0 (per step), bf16 autocast on
 CUDA, gradient clipping, validation by the benchmark's per-patient 3D dose score, best checkpoint
-and early stopping on it.
+and early stopping on it. Optional experiment (``--dvh-loss W``, off by default): add W x
+:func:`sorted_dvh_loss` over the structures of the input channels.
 
 Entry points: :func:`run_training` (a :class:`TrainConfig`; optionally in-memory patients) for the
 headless Slicer module and tests; the CLI is ``mambadose train`` (commands/train.py).
@@ -110,6 +111,10 @@ class TrainConfig:
     Weights: ``ema_decay`` > 0 keeps an exponential moving average of the weights and BatchNorm
     buffers (``torch.optim.swa_utils.AveragedModel``), updated after every optimiser step;
     validation, the best checkpoint and the exported model then use the average.
+    Loss: ``dvh_loss_weight`` > 0 trains on ``masked_smooth_l1 + dvh_loss_weight *
+    sorted_dvh_loss`` (the sorted-dose / 1-Wasserstein match of the dose distributions inside
+    every structure of a slice, structures taken from the input's ``mask_*`` / target ``psdm_*``
+    channels); an experiment outside the paper's recipe. 0 (default) = ``masked_smooth_l1`` alone.
     """
 
     train_cache: str = ""
@@ -131,6 +136,7 @@ class TrainConfig:
     warmup_epochs: int = 5
     patience: int = 10
     loss_beta: float = 0.05
+    dvh_loss_weight: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.0
     seed: int = 0
@@ -200,6 +206,7 @@ class TrainConfig:
             warmup_epochs=args.warmup_epochs,
             patience=args.patience,
             loss_beta=args.loss_beta,
+            dvh_loss_weight=args.dvh_loss,
             grad_clip=args.grad_clip,
             ema_decay=args.ema,
             seed=args.seed,
@@ -234,6 +241,8 @@ class TrainConfig:
                 raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
         if self.lr <= 0 or self.loss_beta <= 0:
             raise InputError(f"--lr and --loss-beta must be > 0, got {self.lr} and {self.loss_beta}")
+        if not (math.isfinite(self.dvh_loss_weight) and self.dvh_loss_weight >= 0):
+            raise InputError(f"--dvh-loss must be a finite number >= 0, got {self.dvh_loss_weight}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise InputError(f"--ema must lie in [0, 1), got {self.ema_decay}")
         if self.warmup_epochs < 0:
@@ -288,6 +297,85 @@ def masked_smooth_l1(
     loss = F.smooth_l1_loss(pred.float(), target.float(), reduction="none", beta=beta)
     w = weight.float()
     return (loss * w).sum() / w.sum().clamp_min(1.0)
+
+
+def roi_channel_indices(channels: Sequence[str]) -> tuple[list[int], list[int]]:
+    """Indices of the input channels that give structure masks (see :func:`roi_masks_from_features`):
+    (``mask_<ROI>`` channels, ``psdm_<target>`` channels of targets without a ``mask_`` channel).
+    Neighbour-slice channels (``_prev`` / ``_next``) are not used."""
+    from MambaDoseLib.rois import TARGET_NAMES
+
+    def own_slice(name: str) -> bool:
+        return not (name.endswith("_prev") or name.endswith("_next"))
+
+    names = list(channels)
+    mask_idx = [i for i, n in enumerate(names) if n.startswith("mask_") and own_slice(n)]
+    masked = {names[i][len("mask_") :] for i in mask_idx}
+    psdm_idx = [
+        i
+        for i, n in enumerate(names)
+        if n.startswith("psdm_")
+        and own_slice(n)
+        and n[len("psdm_") :] in TARGET_NAMES
+        and n[len("psdm_") :] not in masked
+    ]
+    return mask_idx, psdm_idx
+
+
+def roi_masks_from_indices(
+    x: torch.Tensor, mask_idx: torch.Tensor | Sequence[int], psdm_idx: torch.Tensor | Sequence[int]
+) -> torch.Tensor | None:
+    """Structure masks (B, R, H, W) bool from the channels chosen by :func:`roi_channel_indices`
+    (``mask`` channels > 0.5, then ``psdm`` channels <= 0); None when both lists are empty."""
+    parts = []
+    if len(mask_idx):
+        idx = torch.as_tensor(mask_idx, dtype=torch.long, device=x.device)
+        parts.append(x.index_select(1, idx) > 0.5)
+    if len(psdm_idx):
+        idx = torch.as_tensor(psdm_idx, dtype=torch.long, device=x.device)
+        parts.append(x.index_select(1, idx) <= 0)
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
+def roi_masks_from_features(x: torch.Tensor, channels: Sequence[str]) -> torch.Tensor | None:
+    """Structure masks (B, R, H, W) bool from an input batch ``x`` (B, C, H, W) with channel names
+    ``channels``, possibly augmented (interpolated): ``x[:, c] > 0.5`` for every ``mask_<ROI>``
+    channel, and ``x[:, c] <= 0`` (inside or on the boundary) for every ``psdm_<target>`` channel
+    whose target has no ``mask_`` channel; ``_prev`` / ``_next`` channels are ignored. None when
+    no channel gives a structure."""
+    return roi_masks_from_indices(x, *roi_channel_indices(channels))
+
+
+def sorted_dvh_loss(
+    pred: torch.Tensor, target: torch.Tensor, masks: torch.Tensor, min_voxels: int = 8
+) -> torch.Tensor:
+    """Differentiable DVH match: mean over (sample, structure) pairs of the 1-Wasserstein distance
+    between the predicted and the reference dose distributions inside the structure, in float32.
+
+    pred, target: (B, 1, H, W) on the [-1, 1] dose scale; masks: (B, R, H, W) bool. For every pair
+    with at least ``min_voxels`` voxels, the predicted and the reference values inside the mask
+    are sorted (ascending) and the mean absolute difference of the two sorted vectors is taken
+    (independent of where in the structure a dose lies, like a DVH). Returns the mean over those
+    pairs; 0 (still connected to ``pred``) when there is none.
+    """
+    b, r = masks.shape[:2]
+    n = masks.shape[-2] * masks.shape[-1]
+    m = masks.reshape(b, r, n)
+    p = pred.float().reshape(b, 1, n).expand(b, r, n)
+    t = target.float().reshape(b, 1, n).expand(b, r, n)
+    inf = torch.tensor(math.inf, dtype=torch.float32, device=pred.device)
+    # outside the mask +inf, so that the voxels inside come first after an ascending sort
+    sp = torch.sort(torch.where(m, p, inf), dim=-1).values
+    st = torch.sort(torch.where(m, t.detach(), inf), dim=-1).values
+    count = m.sum(dim=-1)  # (B, R)
+    pos = torch.arange(n, device=pred.device) < count.unsqueeze(-1)  # (B, R, N)
+    zero = torch.zeros((), dtype=torch.float32, device=pred.device)
+    diff = (torch.where(pos, sp, zero) - torch.where(pos, st, zero)).abs()
+    per_pair = diff.sum(dim=-1) / count.clamp_min(1)
+    valid = count >= min_voxels
+    return torch.where(valid, per_pair, zero).sum() / valid.sum().clamp_min(1)
 
 
 def make_ema(model: torch.nn.Module, decay: float) -> torch.nn.Module | None:
@@ -1149,6 +1237,16 @@ def train_one_epoch(
     aug_gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch, rt.rank, 1))  # CPU: no sync
     batch = min(cfg.batch_size, rows.numel())
     use_amp = device.type == "cuda"
+    dvh_idx = None
+    if cfg.dvh_loss_weight > 0:
+        mask_idx, psdm_idx = roi_channel_indices(data.channels)
+        if mask_idx or psdm_idx:
+            dvh_idx = (
+                torch.tensor(mask_idx, dtype=torch.long, device=device),
+                torch.tensor(psdm_idx, dtype=torch.long, device=device),
+            )
+        elif rt.is_main:
+            log.warning("--dvh-loss: no mask_ or target psdm_ input channel, the DVH term is skipped")
     loss_sum = torch.zeros((), device=device)
     bar = tqdm(
         total=steps_per_epoch,
@@ -1165,11 +1263,16 @@ def train_one_epoch(
         w = train.mask[idx].float().unsqueeze(1)  # (B, 1, H, W)
         lr = in_plane[step * batch : (step + 1) * batch]
         x, y, w = augment_batch(x, y, w, cfg.augment, aug_gen, data.channels, lr_in_plane=lr)
+        roi_masks = None
+        if dvh_idx is not None:  # structure voxels that can carry dose (the reference is 0 elsewhere)
+            roi_masks = roi_masks_from_indices(x, *dvh_idx) & (w > 0.5)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
             pred = model(x)
         loss = masked_smooth_l1(pred, y, w, cfg.loss_beta)
+        if roi_masks is not None:
+            loss = loss + cfg.dvh_loss_weight * sorted_dvh_loss(pred, y, roi_masks)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:

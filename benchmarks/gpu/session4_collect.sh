@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # After benchmarks/gpu/session4_runs.sh: wait for the trainings (at most WAIT_S), put into $OUT
-# first what must not be lost (the runs' best weights stored as float16, two runs per tarball, and
+# first what must not be lost (the runs' best weights stored as float16, as many runs per tarball as
+# fit in 15 MiB, and
 # a tarball of histories, cards and logs), then predict the validation patients (written back from
 # the cache) with every run's best weights, score each alone and the means of the first k (best
 # first), and with the shipped ensemble (counted as its size) in front when one is given.
 # In session 4 the scoring came first and the call ran out of device time before the weights left
 # the machine: weights first.
-#   bash benchmarks/gpu/session4_collect.sh WAIT_S [SHIPPED_ENSEMBLE.safetensors SIZE]
+#   [NO_SCORE=1] bash benchmarks/gpu/session4_collect.sh WAIT_S [SHIPPED_ENSEMBLE.safetensors SIZE]
+# (NO_SCORE=1: stop once the weights and logs are in $OUT.) Also used for session 5's runs.
 set -u
 runs=/tmp/runs; out=${OUT:-/tmp/out}; mkdir -p $out /tmp/half
 end=$((SECONDS + $1)); shipped=${2:-}; size=${3:-1}
@@ -29,13 +31,25 @@ for name in sys.argv[1:]:
     model, card = load_model(f"/tmp/runs/{name}/model_best.safetensors")
     save_model(f"/tmp/half/{name}.safetensors", model, card, storage_dtype=torch.float16)
 PY
-set -- $order
-while [ $# -gt 0 ]; do
-  pair="$1.safetensors $1.json"; tag=$1; shift
-  if [ $# -gt 0 ]; then pair="$pair $1.safetensors $1.json"; tag="${tag}_$1"; shift; fi
-  tar cf $out/w_$tag.tar -C /tmp/half $pair
-done
+# tarballs of whole runs (float16 weights + card), best first, each under 15 MiB ($OUT takes 16)
+python3 - $order <<'PY'
+import os, sys, tarfile
+out, group, size = os.environ.get("OUT", "/tmp/out"), [], 0
+def flush():
+    if group:
+        with tarfile.open(f"{out}/w_{'_'.join(group)}.tar", "w") as tar:
+            for name in group:
+                for ext in (".safetensors", ".json"):
+                    tar.add(f"/tmp/half/{name}{ext}", arcname=name + ext)
+for name in sys.argv[1:]:
+    n = sum(os.path.getsize(f"/tmp/half/{name}{e}") for e in (".safetensors", ".json")) + 4096
+    if size + n > 15 * 2**20:
+        flush(); group, size = [], 0
+    group.append(name); size += n
+flush()
+PY
 ls -la $out
+[ -n "${NO_SCORE:-}" ] && exit 0  # score elsewhere (e.g. on the CPU from the weights in $OUT)
 [ -d /tmp/valpats ] || python3 benchmarks/gpu/cache_to_openkbp.py /tmp/cache/val /tmp/valpats > /dev/null
 models=""; for n in $order; do models="$models $runs/$n/model_best.safetensors"; done
 eval_args="--device cuda --split /tmp/valpats --store /tmp/ens --prefix-means"

@@ -115,6 +115,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.05,
         help="SmoothL1 threshold on the [-1, 1] dose scale (0.05 = 2 Gy)",
     )
+    opt.add_argument(
+        "--dvh-loss",
+        type=float,
+        default=0.0,
+        metavar="W",
+        help="add W x the sorted DVH loss (per structure and slice, the mean absolute difference "
+        "of the sorted predicted and reference doses inside it) to the SmoothL1 loss; an experiment "
+        "outside the paper's recipe (default 0: the paper's loss alone)",
+    )
     opt.add_argument("--grad-clip", type=float, default=1.0)
     opt.add_argument(
         "--ema",
