@@ -31,16 +31,26 @@ for name in sys.argv[1:]:
     model, card = load_model(f"/tmp/runs/{name}/model_best.safetensors")
     save_model(f"/tmp/half/{name}.safetensors", model, card, storage_dtype=torch.float16)
 PY
-# tarballs of whole runs (float16 weights + card), best first, each under 15 MiB ($OUT takes 16)
+# tarballs of whole runs (float16 weights + card), best first, each under 15 MiB; $OUT brings back
+# 16 MiB a file and about 64 MB a call, so tarballs past 56 MiB in all wait in /tmp/out_next for a
+# second call: `cp /tmp/out_next/* $OUT` (session 5 lost its best two runs' tarball to that limit
+# until such a call fetched it)
 python3 - $order <<'PY'
 import os, sys, tarfile
-out, group, size = os.environ.get("OUT", "/tmp/out"), [], 0
+out = os.environ.get("OUT", "/tmp/out")
+group, size, total = [], 0, os.path.getsize(f"{out}/results.tgz")
 def flush():
+    global total
     if group:
-        with tarfile.open(f"{out}/w_{'_'.join(group)}.tar", "w") as tar:
+        n = sum(os.path.getsize(f"/tmp/half/{g}{e}") for g in group for e in (".safetensors", ".json"))
+        folder = out if total + n <= 56 * 2**20 else "/tmp/out_next"
+        os.makedirs(folder, exist_ok=True)
+        total += n if folder == out else 0
+        with tarfile.open(f"{folder}/w_{'_'.join(group)}.tar", "w") as tar:
             for name in group:
                 for ext in (".safetensors", ".json"):
                     tar.add(f"/tmp/half/{name}{ext}", arcname=name + ext)
+        print(f"w_{'_'.join(group)}.tar ->", folder)
 for name in sys.argv[1:]:
     n = sum(os.path.getsize(f"/tmp/half/{name}{e}") for e in (".safetensors", ".json")) + 4096
     if size + n > 15 * 2**20:
