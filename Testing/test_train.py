@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import random
 
@@ -192,7 +193,7 @@ def test_slice_set_keeps_dose_slices_and_reuses_feature_cache(phantoms, tmp_path
 # --------------------------------------------------------------------------- end to end
 
 
-def test_train_resume_after_time_limit_matches_uninterrupted_run(phantoms, tmp_path):
+def test_train_resume_after_time_limit_matches_uninterrupted_run(phantoms, tmp_path, caplog):
     from MambaDoseLib.weights import load_model
 
     train, val = phantoms
@@ -231,8 +232,15 @@ def test_train_resume_after_time_limit_matches_uninterrupted_run(phantoms, tmp_p
     # the scan backend may change on resume (e.g. --compile picks the PyTorch scan), the architecture not
     with pytest.raises(InputError, match="differs"):
         run_training(_config(part, resume=True, epochs=3, model_channels=(8, 16, 32, 32)), train, val)
-    more = run_training(_config(part, resume=True, epochs=3, model_options={"backend": "torch"}), train, val)
+    # so may the loss, with a warning: the card records only the new value
+    caplog.set_level(logging.WARNING)
+    more = run_training(
+        _config(part, resume=True, epochs=3, model_options={"backend": "torch"}, dvh_loss_weight=0.5),
+        train,
+        val,
+    )
     assert more["epochs"] == 3
+    assert "--dvh-loss was 0.0, now 0.5" in caplog.text and "--loss-beta" not in caplog.text
 
 
 def test_mamba2_torch_backend_trains(phantoms, tmp_path):

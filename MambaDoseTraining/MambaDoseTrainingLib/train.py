@@ -365,7 +365,7 @@ def sorted_dvh_loss(
     m = masks.reshape(b, r, n)
     p = pred.float().reshape(b, 1, n).expand(b, r, n)
     t = target.float().reshape(b, 1, n).expand(b, r, n)
-    inf = torch.tensor(math.inf, dtype=torch.float32, device=pred.device)
+    inf = torch.full((), math.inf, dtype=torch.float32, device=pred.device)  # made there: no copy, no sync
     # outside the mask +inf, so that the voxels inside come first after an ascending sort
     sp = torch.sort(torch.where(m, p, inf), dim=-1).values
     st = torch.sort(torch.where(m, t.detach(), inf), dim=-1).values
@@ -993,6 +993,18 @@ def _load_checkpoint(cfg: TrainConfig, out: Path) -> dict | None:
             f"{last}: the run was trained with --inplane-spacing {saved} (None: native grids), "
             f"this command asks for {cfg.inplane_spacing_mm}"
         )
+    defaults = TrainConfig()
+    for name, option in (("loss_beta", "--loss-beta"), ("dvh_loss_weight", "--dvh-loss")):
+        before = ckpt.get("config", {}).get(name, getattr(defaults, name))
+        if before != getattr(cfg, name):
+            log.warning(
+                "%s: %s was %s, now %s; the loss changes from this epoch on and the model card "
+                "records only the new value",
+                last,
+                option,
+                before,
+                getattr(cfg, name),
+            )
     return ckpt
 
 

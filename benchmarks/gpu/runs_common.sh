@@ -1,4 +1,4 @@
-# Shared by benchmarks/gpu/session3_runs.sh and session4_runs.sh (sourced): the run folder, the
+# Shared by benchmarks/gpu/session3_runs.sh, session4_runs.sh and session5_runs.sh (sourced): the run folder, the
 # environment and the recipe every run of those sessions shares, and `start`, which launches one
 # training in the background (setsid nohup) so it outlives the device call.
 #   source benchmarks/gpu/runs_common.sh TIME_LIMIT_S EPOCHS [EXTRA_COMMON_ARGS...]

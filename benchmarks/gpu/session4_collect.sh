@@ -35,10 +35,12 @@ PY
 # 16 MiB a file and about 64 MB a call, so tarballs past 56 MiB in all wait in /tmp/out_next for a
 # second call: `cp /tmp/out_next/* $OUT` (session 5 lost its best two runs' tarball to that limit
 # until such a call fetched it)
-python3 - $order <<'PY'
+rm -rf /tmp/out_next
+python3 - $out $order <<'PY'
 import os, sys, tarfile
-out = os.environ.get("OUT", "/tmp/out")
-group, size, total = [], 0, os.path.getsize(f"{out}/results.tgz")
+out, names = sys.argv[1], sys.argv[2:]
+group, size = [], 0
+total = sum(e.stat().st_size for e in os.scandir(out) if e.is_file())  # results.tgz so far
 def flush():
     global total
     if group:
@@ -51,15 +53,17 @@ def flush():
                 for ext in (".safetensors", ".json"):
                     tar.add(f"/tmp/half/{name}{ext}", arcname=name + ext)
         print(f"w_{'_'.join(group)}.tar ->", folder)
-for name in sys.argv[1:]:
+for name in names:
     n = sum(os.path.getsize(f"/tmp/half/{name}{e}") for e in (".safetensors", ".json")) + 4096
     if size + n > 15 * 2**20:
         flush(); group, size = [], 0
+    if n > 16 * 2**20:
+        print(f"WARNING: {name} alone is {n / 2**20:.1f} MiB, over the 16 MiB a returned file may have")
     group.append(name); size += n
 flush()
 PY
 ls -la $out
-[ -n "${NO_SCORE:-}" ] && exit 0  # score elsewhere (e.g. on the CPU from the weights in $OUT)
+[ "${NO_SCORE:-0}" = 1 ] && exit 0  # score elsewhere (e.g. on the CPU from the weights in $OUT)
 [ -d /tmp/valpats ] || python3 benchmarks/gpu/cache_to_openkbp.py /tmp/cache/val /tmp/valpats > /dev/null
 models=""; for n in $order; do models="$models $runs/$n/model_best.safetensors"; done
 eval_args="--device cuda --split /tmp/valpats --store /tmp/ens --prefix-means"
