@@ -37,6 +37,8 @@ def test_config_round_trip_and_validation() -> None:
         dict(mixer="attention", attention_heads=3),
         dict(channels=(8,)),
         dict(chunk_size=0),
+        dict(dropout=-0.1),
+        dict(dropout=1.0),
     ]
     for overrides in bad:
         with pytest.raises(ValueError):
@@ -128,6 +130,28 @@ def test_gradient_checkpointing_gives_the_same_gradients() -> None:
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
     for (name, b), c in zip(plain.named_buffers(), ckpt.buffers(), strict=True):
         torch.testing.assert_close(c, b, msg=name)  # BatchNorm statistics updated once
+
+
+def test_dropout_acts_in_training_only_and_adds_no_parameters() -> None:
+    torch.manual_seed(5)
+    plain = MambaUNetV2(small_config())
+    drop = MambaUNetV2(small_config(dropout=0.3))
+    assert drop.state_dict().keys() == plain.state_dict().keys()  # weights load either way
+    drop.load_state_dict(plain.state_dict())
+    n_drop = sum(isinstance(m, torch.nn.Dropout2d) for m in drop.modules())
+    cfg = drop.config  # one after the conv of every bottleneck and decoder block
+    assert n_drop == cfg.bottleneck_depth + cfg.levels * cfg.convs_per_level
+    assert not any(isinstance(m, torch.nn.Dropout2d) for m in plain.encoder.modules())
+    x = torch.randn(2, 5, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(drop.eval()(x), plain.eval()(x))  # off in eval mode
+        drop.train()
+        a, b = drop(x), drop(x)
+    assert not torch.equal(a, b)  # stochastic in training
+    assert MambaUNetConfig.from_dict(drop.config.to_dict()).dropout == 0.3
+    old = plain.config.to_dict()
+    del old["dropout"]  # a card written before the field existed
+    assert MambaUNetConfig.from_dict(old).dropout == 0.0
 
 
 def test_set_backend_and_helpers() -> None:

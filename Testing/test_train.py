@@ -267,6 +267,8 @@ def test_compile_picks_the_torch_scan_unless_a_backend_is_given(tmp_path):
     assert build_model_config(_config(tmp_path, mixer="mamba2", compile=True), 20).backend == "torch"
     given = _config(tmp_path, mixer="mamba2", compile=True, model_options={"backend": "triton"})
     assert build_model_config(given, 20).backend == "triton"
+    # any other MambaUNetConfig field, e.g. `--model-option dropout=0.1`
+    assert build_model_config(_config(tmp_path, model_options={"dropout": 0.1}), 20).dropout == 0.1
 
 
 def _write_cache(cache_dir, patients) -> None:

@@ -60,6 +60,7 @@ class MambaUNetConfig:
     attention_heads: int = 4
     backend: str = "auto"
     grad_checkpoint: bool = False
+    dropout: float = 0.0  # channel dropout (Dropout2d) after the conv of each bottleneck / decoder block
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
@@ -97,6 +98,8 @@ class MambaUNetConfig:
         ):
             if getattr(self, name) < 1:
                 fail(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            fail(f"dropout must lie in [0, 1), got {self.dropout}")
         for c in self.mixer_channels:
             if self.mixer == "mamba2" and (self.expand * c) % self.headdim:
                 fail(f"expand*channels={self.expand * c} is not a multiple of headdim={self.headdim}")
@@ -213,25 +216,39 @@ class ConvBlock(nn.Sequential):
 
 
 class Block(nn.Module):
-    """ConvBlock(c_in -> c_out), then MixerResidual if ``mixer``; (B, c_in, H, W) -> (B, c_out, H, W)."""
+    """ConvBlock(c_in -> c_out), Dropout2d(``dropout``) when > 0, then MixerResidual if ``mixer``;
+    (B, c_in, H, W) -> (B, c_out, H, W). Dropout has no parameters: the state_dict is the same."""
 
-    def __init__(self, c_in: int, c_out: int, cfg: MambaUNetConfig, mixer: bool) -> None:
+    def __init__(
+        self, c_in: int, c_out: int, cfg: MambaUNetConfig, mixer: bool, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.conv = ConvBlock(c_in, c_out)
+        self.drop = nn.Dropout2d(dropout) if dropout > 0 else None
         self.mix = MixerResidual(c_out, cfg) if mixer else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv(x)
+        if self.drop is not None:
+            x = self.drop(x)
         return x if self.mix is None else self.mix(x)
 
 
 def make_stage(
-    c_in: int, c_out: int, n_blocks: int, cfg: MambaUNetConfig, mixer: bool, mixer_every: bool
+    c_in: int,
+    c_out: int,
+    n_blocks: int,
+    cfg: MambaUNetConfig,
+    mixer: bool,
+    mixer_every: bool,
+    dropout: float = 0.0,
 ) -> nn.Sequential:
     """``n_blocks`` Blocks; the last (or each, if ``mixer_every``) carries a mixer when ``mixer``."""
     return nn.Sequential(
         *(
-            Block(c_in if i == 0 else c_out, c_out, cfg, mixer and (mixer_every or i == n_blocks - 1))
+            Block(
+                c_in if i == 0 else c_out, c_out, cfg, mixer and (mixer_every or i == n_blocks - 1), dropout
+            )
             for i in range(n_blocks)
         )
     )
@@ -270,13 +287,17 @@ class MambaUNetV2(nn.Module):
             else:
                 self.down.append(nn.MaxPool2d(2))
             c_prev = ch[i]
-        self.bottleneck = make_stage(ch[n - 1], ch[n], cfg.bottleneck_depth, cfg, cfg.has_mixer(n), True)
+        self.bottleneck = make_stage(
+            ch[n - 1], ch[n], cfg.bottleneck_depth, cfg, cfg.has_mixer(n), True, cfg.dropout
+        )
         self.up = nn.ModuleList()
         self.decoder = nn.ModuleList()
         for i in reversed(range(n)):
             self.up.append(Upsample(ch[i + 1], ch[i]))
             c_in = 2 * ch[i] if cfg.skip == "concat" else ch[i]
-            self.decoder.append(make_stage(c_in, ch[i], cfg.convs_per_level, cfg, cfg.has_mixer(i), False))
+            self.decoder.append(
+                make_stage(c_in, ch[i], cfg.convs_per_level, cfg, cfg.has_mixer(i), False, cfg.dropout)
+            )
         self.head = nn.Conv2d(ch[0], cfg.out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
