@@ -1,11 +1,16 @@
 """Copy a trained run's best model into Resources/Models with the baselines' figures in its card.
 
     python benchmarks/ship_model.py RUN_DIR [--baseline NAME=RUN_DIR ...]
+        [--baselines-from CARD.json [--previous-as NAME]]
 
 RUN_DIR is a `mambadose train --out` folder (model_best.safetensors + .json). The card keeps
 everything training wrote; this adds `training.baselines` (the validation figures of the other
 runs trained with the same recipe), `training.run_history` (history.csv, per epoch) and sets the
 scan backend to "auto" so the shipped file uses mamba-ssm's Triton kernel where it imports.
+``--baselines-from`` copies the baselines of another card (e.g. the model shipped before, whose
+baselines no longer have their run folders here); ``--previous-as NAME`` also lists that card's
+own network as a baseline under NAME. Such entries keep a ``recipe`` note that they were trained
+with that card's recipe, not this run's.
 """
 
 from __future__ import annotations
@@ -35,20 +40,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--baseline", action="append", default=[], metavar="NAME=RUN_DIR")
+    parser.add_argument("--baselines-from", type=Path, default=None, metavar="CARD.json")
+    parser.add_argument("--previous-as", default=None, metavar="NAME")
     args = parser.parse_args()
 
     card = json.loads((args.run_dir / "model_best.json").read_text())
     card["config"]["backend"] = "auto"
     baselines = {}
+    if args.baselines_from:
+        previous = json.loads(args.baselines_from.read_text())
+        recipe = f"trained with the recipe of the earlier card sha256 {previous['sha256'][:12]} (its training.config)"
+        for name, entry in previous["training"].get("baselines", {}).items():
+            baselines[name] = {**entry, "recipe": recipe}
+        if args.previous_as:
+            baselines[args.previous_as] = {**_summary(previous), "recipe": recipe}
     for item in args.baseline:
         name, run = item.split("=", 1)
-        other = json.loads((Path(run) / "model_best.json").read_text())
-        baselines[name] = {
-            "mixer": other["config"]["mixer"],
-            "parameters": sum(_numel(s) for s in other["tensors"].values()),
-            **{k: other["training"][k] for k in ("epochs_run", "best_epoch", "wall_time_s", "device")},
-            "validation": other["training"]["validation"],
-        }
+        baselines[name] = _summary(json.loads((Path(run) / "model_best.json").read_text()))
     card["training"]["baselines"] = baselines
     with open(args.run_dir / "history.csv") as f:
         card["training"]["run_history"] = list(csv.DictReader(f))
@@ -62,6 +70,17 @@ def main() -> None:
     _atomic_json(card_path(target), card)
     load_model(target)  # refuses a card that does not match the file
     print(f"shipped {target} ({target.stat().st_size / 1e6:.1f} MB) with {card_path(target).name}")
+
+
+def _summary(other: dict) -> dict:
+    """A baseline entry from another model card."""
+    return {
+        "mixer": other["config"]["mixer"],
+        "sha256": other.get("sha256"),
+        "parameters": sum(_numel(s) for s in other["tensors"].values()),
+        **{k: other["training"][k] for k in ("epochs_run", "best_epoch", "wall_time_s", "device")},
+        "validation": other["training"]["validation"],
+    }
 
 
 def _numel(shape: list[int]) -> int:
