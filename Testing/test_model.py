@@ -138,10 +138,16 @@ def test_dropout_acts_in_training_only_and_adds_no_parameters() -> None:
     drop = MambaUNetV2(small_config(dropout=0.3))
     assert drop.state_dict().keys() == plain.state_dict().keys()  # weights load either way
     drop.load_state_dict(plain.state_dict())
-    n_drop = sum(isinstance(m, torch.nn.Dropout2d) for m in drop.modules())
-    cfg = drop.config  # one after the conv of every bottleneck and decoder block
-    assert n_drop == cfg.bottleneck_depth + cfg.levels * cfg.convs_per_level
-    assert not any(isinstance(m, torch.nn.Dropout2d) for m in plain.encoder.modules())
+
+    def count(module: torch.nn.Module) -> int:
+        return sum(isinstance(m, torch.nn.Dropout2d) for m in module.modules())
+
+    cfg = drop.config  # one after the conv of every bottleneck and decoder block, none in the encoder
+    assert count(drop.bottleneck) == cfg.bottleneck_depth
+    assert count(drop.decoder) == cfg.levels * cfg.convs_per_level
+    assert count(drop.encoder) == count(drop.up) == count(plain) == 0
+    for block in [*drop.bottleneck, *(b for stage in drop.decoder for b in stage)]:
+        assert isinstance(block.drop, torch.nn.Dropout2d) and block.drop.p == 0.3
     x = torch.randn(2, 5, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(drop.eval()(x), plain.eval()(x))  # off in eval mode

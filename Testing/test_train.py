@@ -261,6 +261,17 @@ def test_mamba2_torch_backend_trains(phantoms, tmp_path):
     assert (tmp_path / LAST).is_file()
 
 
+def test_resume_compares_architectures_with_defaults_for_fields_added_later(tmp_path):
+    """A checkpoint saved before a model field existed (e.g. dropout) still resumes."""
+    from MambaDoseTrainingLib.train import _architecture, _model_config_dict
+
+    now = _model_config_dict(build_model_config(_config(tmp_path, mixer="mamba2"), 20))
+    older = {k: v for k, v in now.items() if k != "dropout"}
+    assert _architecture(older) == _architecture(now)
+    assert _architecture({**now, "dropout": 0.2}) != _architecture(older)
+    assert _architecture({**now, "backend": "triton"}) == _architecture(now)
+
+
 def test_compile_picks_the_torch_scan_unless_a_backend_is_given(tmp_path):
     """Compiled, the PyTorch scan fuses with the network (faster than the compiled Triton op)."""
     assert build_model_config(_config(tmp_path, mixer="mamba2"), 20).backend == "auto"

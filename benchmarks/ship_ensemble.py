@@ -14,6 +14,7 @@ predictions (``mambadose predict-openkbp ... --model OUT``), so the card states 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 from pathlib import Path
 
@@ -52,7 +53,10 @@ def main() -> int:
     loaded = [load_model(path) for path in args.members]
     first_model, first_card = loaded[0]
     for path, (model, card) in zip(args.members, loaded, strict=True):
-        if model.config != first_model.config or card["channels"] != first_card["channels"]:
+        if (
+            _network(model.config) != _network(first_model.config)
+            or card["channels"] != first_card["channels"]
+        ):
             raise SystemExit(f"{path}: config or channels differ from {args.members[0]}")
     ensemble = MambaUNetV2Ensemble(first_model.config, len(loaded))
     for member, (model, _) in zip(ensemble.members, loaded, strict=True):
@@ -85,6 +89,12 @@ def main() -> int:
     save_model(args.out, ensemble, card, storage_dtype=torch.float16 if args.half else None)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB), {len(loaded)} members, views {views}")
     return 0
+
+
+def _network(config):
+    """The config without its training-only fields (dropout, gradient checkpointing, scan backend):
+    members that differ only there run the same network."""
+    return dataclasses.replace(config, dropout=0.0, grad_checkpoint=False, backend="auto")
 
 
 if __name__ == "__main__":

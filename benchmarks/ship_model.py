@@ -1,7 +1,7 @@
 """Copy a trained run's best model into Resources/Models with the baselines' figures in its card.
 
     python benchmarks/ship_model.py RUN_DIR [--baseline NAME=RUN_DIR ...]
-        [--baselines-from CARD.json [--previous-as NAME]]
+        [--baselines-from CARD.json [--previous-as NAME]] [--half]
 
 RUN_DIR is a `mambadose train --out` folder (model_best.safetensors + .json). The card keeps
 everything training wrote; this adds `training.baselines` (the validation figures of the other
@@ -10,30 +10,24 @@ scan backend to "auto" so the shipped file uses mamba-ssm's Triton kernel where 
 ``--baselines-from`` copies the baselines of another card (e.g. the model shipped before, whose
 baselines no longer have their run folders here); ``--previous-as NAME`` also lists that card's
 own network as a baseline under NAME. Such entries keep a ``recipe`` note that they were trained
-with that card's recipe, not this run's.
+with that card's recipe, not this run's. ``--half`` stores the weights as float16. The new pair is
+written and checked in a staging folder before it replaces the shipped one.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
-from MambaDoseLib.weights import DEFAULT_MODEL_NAME, card_path, load_model
+import torch
+from MambaDoseLib.weights import DEFAULT_MODEL_NAME, card_path, load_model, save_model
 
 MODELS = Path(__file__).resolve().parents[1] / "Resources" / "Models"
-
-
-def _atomic_json(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def main() -> None:
@@ -42,16 +36,22 @@ def main() -> None:
     parser.add_argument("--baseline", action="append", default=[], metavar="NAME=RUN_DIR")
     parser.add_argument("--baselines-from", type=Path, default=None, metavar="CARD.json")
     parser.add_argument("--previous-as", default=None, metavar="NAME")
+    parser.add_argument("--half", action="store_true", help="store the weights as float16 (half the file)")
     args = parser.parse_args()
+    if args.previous_as and not args.baselines_from:
+        parser.error("--previous-as needs --baselines-from")
 
     card = json.loads((args.run_dir / "model_best.json").read_text())
     card["config"]["backend"] = "auto"
     baselines = {}
     if args.baselines_from:
         previous = json.loads(args.baselines_from.read_text())
-        recipe = f"trained with the recipe of the earlier card sha256 {previous['sha256'][:12]} (its training.config)"
+        recipe = (
+            f"trained with the recipe of the earlier card sha256 {previous['sha256'][:12]} "
+            "(README 'Training and results'; epochs may differ)"
+        )
         for name, entry in previous["training"].get("baselines", {}).items():
-            baselines[name] = {**entry, "recipe": recipe}
+            baselines[name] = {**entry, "recipe": entry.get("recipe", recipe)}
         if args.previous_as:
             baselines[args.previous_as] = {**_summary(previous), "recipe": recipe}
     for item in args.baseline:
@@ -61,14 +61,20 @@ def main() -> None:
     with open(args.run_dir / "history.csv") as f:
         card["training"]["run_history"] = list(csv.DictReader(f))
 
+    model, _ = load_model(args.run_dir / "model_best.safetensors")  # checks the run's card
+    model.config = dataclasses.replace(model.config, backend="auto")
+    card["training"]["source_sha256"] = card.get("sha256")  # the file shipped from
     MODELS.mkdir(parents=True, exist_ok=True)
     target = MODELS / DEFAULT_MODEL_NAME
-    fd, tmp = tempfile.mkstemp(dir=MODELS, suffix=".tmp")
-    os.close(fd)
-    shutil.copyfile(args.run_dir / "model_best.safetensors", tmp)
-    os.replace(tmp, target)
-    _atomic_json(card_path(target), card)
-    load_model(target)  # refuses a card that does not match the file
+    with tempfile.TemporaryDirectory(dir=MODELS, prefix=".ship-") as staging:
+        staged = Path(staging) / DEFAULT_MODEL_NAME
+        save_model(staged, model, card, storage_dtype=torch.float16 if args.half else None)
+        load_model(staged)  # refuses a card that does not match the file
+        for path in (staged, card_path(staged)):
+            path.chmod(0o644)
+        # both checked before either replaces the shipped pair
+        os.replace(staged, target)
+        os.replace(card_path(staged), card_path(target))
     print(f"shipped {target} ({target.stat().st_size / 1e6:.1f} MB) with {card_path(target).name}")
 
 

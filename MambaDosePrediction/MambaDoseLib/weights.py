@@ -37,7 +37,7 @@ from .model import MambaUNetConfig, MambaUNetV2, MambaUNetV2Ensemble, set_backen
 CARD_FORMAT = "mambadose-model/1"
 ARCHITECTURE = "MambaUNetV2"
 DEFAULT_MODEL_NAME = "MambaUNetV2_OpenKBP.safetensors"
-#: The shipped ensemble of five MambaUNetV2 (better on validation, about 4.6x slower on a CPU; README).
+#: The shipped ensemble of five MambaUNetV2 (better on validation, about 5x slower on a CPU than the single network; README).
 ENSEMBLE_MODEL_NAME = "MambaUNetV2_OpenKBP_ensemble5.safetensors"
 #: What ``--model ensemble`` names.
 ENSEMBLE_ALIAS = "ensemble"

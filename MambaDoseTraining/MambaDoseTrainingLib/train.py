@@ -621,8 +621,15 @@ def _model_config_dict(model_config) -> dict:
 
 def _architecture(config: dict) -> dict:
     """A model config without its scan backend: a run may resume with another backend (e.g. with
-    or without ``--compile``), the weights being the same."""
-    return {k: v for k, v in config.items() if k != "backend"}
+    or without ``--compile``), the weights being the same. Fields missing from an older saved
+    config (e.g. ``dropout``, added in session 5) count as their defaults."""
+    from MambaDoseLib.model import MambaUNetConfig
+
+    defaults = {
+        f.name: f.default for f in dataclasses.fields(MambaUNetConfig) if f.default is not dataclasses.MISSING
+    }
+    defaults["channels"] = list(defaults["channels"])
+    return {k: v for k, v in {**defaults, **config}.items() if k != "backend"}
 
 
 # --------------------------------------------------------------------------- validation
