@@ -41,8 +41,9 @@ def main() -> None:
     if args.previous_as and not args.baselines_from:
         parser.error("--previous-as needs --baselines-from")
 
-    card = json.loads((args.run_dir / "model_best.json").read_text())
-    card["config"]["backend"] = "auto"
+    model, card = load_model(args.run_dir / "model_best.safetensors")  # checks the run's card
+    # save_model writes the card's config from the model: the shipped file picks its scan backend
+    model.config = dataclasses.replace(model.config, backend="auto")
     baselines = {}
     if args.baselines_from:
         previous = json.loads(args.baselines_from.read_text())
@@ -61,8 +62,6 @@ def main() -> None:
     with open(args.run_dir / "history.csv") as f:
         card["training"]["run_history"] = list(csv.DictReader(f))
 
-    model, _ = load_model(args.run_dir / "model_best.safetensors")  # checks the run's card
-    model.config = dataclasses.replace(model.config, backend="auto")
     card["training"]["source_sha256"] = card.get("sha256")  # the file shipped from
     MODELS.mkdir(parents=True, exist_ok=True)
     target = MODELS / DEFAULT_MODEL_NAME

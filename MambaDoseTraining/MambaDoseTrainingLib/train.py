@@ -625,11 +625,8 @@ def _architecture(config: dict) -> dict:
     config (e.g. ``dropout``, added in session 5) count as their defaults."""
     from MambaDoseLib.model import MambaUNetConfig
 
-    defaults = {
-        f.name: f.default for f in dataclasses.fields(MambaUNetConfig) if f.default is not dataclasses.MISSING
-    }
-    defaults["channels"] = list(defaults["channels"])
-    return {k: v for k, v in {**defaults, **config}.items() if k != "backend"}
+    full = MambaUNetConfig.from_dict(config).to_dict()  # missing fields filled with their defaults
+    return {k: v for k, v in full.items() if k != "backend"}
 
 
 # --------------------------------------------------------------------------- validation
