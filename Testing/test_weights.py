@@ -200,6 +200,7 @@ def test_shipped_models_load_and_agree_with_their_cards() -> None:
     previous = single_card["training"]["baselines"]["MambaUNetV2 (session 1)"]
     assert card["training"]["members"][0]["sha256"] == previous["sha256"]
     assert set(single_card["training"]["baselines"]) >= {"UNet", "Transformer"}
+    assert len(single_card["training"]["code_commit"]) == 40  # the commit it was trained from
     dose = single_card["training"]["validation"]["val_dose_score"]
     assert dose < previous["validation"]["val_dose_score"]  # what replaced it is better
     assert card["training"]["validation"]["val_dose_score"] < dose  # the ensemble better still

@@ -1,7 +1,7 @@
 """Copy a trained run's best model into Resources/Models with the baselines' figures in its card.
 
     python benchmarks/ship_model.py RUN_DIR [--baseline NAME=RUN_DIR ...]
-        [--baselines-from CARD.json [--previous-as NAME]] [--half]
+        [--baselines-from CARD.json [--previous-as NAME]] [--half] [--code-commit SHA]
 
 RUN_DIR is a `mambadose train --out` folder (model_best.safetensors + .json). The card keeps
 everything training wrote; this adds `training.baselines` (the validation figures of the other
@@ -10,7 +10,8 @@ scan backend to "auto" so the shipped file uses mamba-ssm's Triton kernel where 
 ``--baselines-from`` copies the baselines of another card (e.g. the model shipped before, whose
 baselines no longer have their run folders here); ``--previous-as NAME`` also lists that card's
 own network as a baseline under NAME. Such entries keep a ``recipe`` note that they were trained
-with that card's recipe, not this run's. ``--half`` stores the weights as float16. The new pair is
+with that card's recipe, not this run's. ``--half`` stores the weights as float16; ``--code-commit`` records the commit the run was trained from
+(``training.code_commit``; the GPU copy of the tree carries no git history to read it there). The new pair is
 written and checked in a staging folder before it replaces the shipped one.
 """
 
@@ -37,6 +38,12 @@ def main() -> None:
     parser.add_argument("--baselines-from", type=Path, default=None, metavar="CARD.json")
     parser.add_argument("--previous-as", default=None, metavar="NAME")
     parser.add_argument("--half", action="store_true", help="store the weights as float16 (half the file)")
+    parser.add_argument(
+        "--code-commit",
+        default=None,
+        metavar="SHA",
+        help="the commit of this repository the run was trained from",
+    )
     args = parser.parse_args()
     if args.previous_as and not args.baselines_from:
         parser.error("--previous-as needs --baselines-from")
@@ -63,6 +70,8 @@ def main() -> None:
         card["training"]["run_history"] = list(csv.DictReader(f))
 
     card["training"]["source_sha256"] = card.get("sha256")  # the file shipped from
+    if args.code_commit:
+        card["training"]["code_commit"] = args.code_commit
     MODELS.mkdir(parents=True, exist_ok=True)
     target = MODELS / DEFAULT_MODEL_NAME
     with tempfile.TemporaryDirectory(dir=MODELS, prefix=".ship-") as staging:
