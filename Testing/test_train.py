@@ -282,6 +282,86 @@ def test_compile_picks_the_torch_scan_unless_a_backend_is_given(tmp_path):
     assert build_model_config(_config(tmp_path, model_options={"dropout": 0.1}), 20).dropout == 0.1
 
 
+def test_compile_mode_is_checked_parsed_and_defaults_for_older_configs(tmp_path):
+    import argparse
+
+    from MambaDoseTrainingLib.commands import train as command
+    from MambaDoseTrainingLib.train import COMPILE_MODES
+
+    assert command.COMPILE_MODES == COMPILE_MODES  # spelt out twice (the parser imports no torch)
+    for mode in COMPILE_MODES:
+        _config(tmp_path, compile=True, compile_mode=mode).check()
+    _config(tmp_path).check()  # "default" without --compile: the plain eager run
+    with pytest.raises(InputError, match="'fastest'"):
+        _config(tmp_path, compile=True, compile_mode="fastest").check()
+    with pytest.raises(InputError, match="--compile-mode reduce-overhead needs --compile"):
+        _config(tmp_path, compile_mode="reduce-overhead").check()
+    assert not _config(tmp_path, compile=True).cudagraphs
+    assert _config(tmp_path, compile=True, compile_mode="max-autotune").cudagraphs
+
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    base = ["--train-cache", "t", "--val-cache", "v", "--out", "o"]
+    assert TrainConfig.from_args(parser.parse_args(base)).compile_mode == "default"
+    cfg = TrainConfig.from_args(parser.parse_args([*base, "--compile", "--compile-mode", "reduce-overhead"]))
+    assert cfg.compile and cfg.compile_mode == "reduce-overhead"
+    cfg.check()
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--compile", "--compile-mode", "fastest"])
+    # a config saved before the option existed (checkpoints, cards) reads as the default mode
+    older = {k: v for k, v in cfg.to_dict().items() if k != "compile_mode"}
+    assert TrainConfig.from_dict(older).compile_mode == "default"
+    assert TrainConfig.from_dict(cfg.to_dict()).compile_mode == "reduce-overhead"
+
+
+def test_cuda_graph_modes_mark_every_step_before_the_forward_and_resume_in_another_mode(
+    phantoms, tmp_path, monkeypatch
+):
+    """torch.compile stood in by a recording wrapper (inductor ignores CUDA graphs on the CPU):
+    with reduce-overhead every training step starts a new CUDA-graph step before its forward, and
+    validation runs the uncompiled model; the default mode marks nothing; the card records the
+    mode; a run may resume in another mode (not part of the architecture)."""
+    from MambaDoseLib.weights import load_model
+
+    train, val = phantoms
+    events: list[str] = []
+    modes: list[str] = []
+
+    class Compiled(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, x):
+            events.append("forward")
+            return self.module(x)
+
+    def fake_compile(model, mode=None, **kw):
+        modes.append(mode)
+        return Compiled(model)
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: events.append("mark"))
+    out = tmp_path / "run"
+    first = run_training(_config(out, epochs=1, compile=True, compile_mode="reduce-overhead"), train, val)
+    assert first["epochs"] == 1 and first["steps_per_epoch"] == 3
+    assert modes == ["reduce-overhead"]
+    assert events == ["mark", "forward"] * 3  # nothing from validation
+    _, card = load_model(out / MODEL_BEST)
+    assert (
+        card["training"]["config"]["compile"]
+        and card["training"]["config"]["compile_mode"] == "reduce-overhead"
+    )
+
+    events.clear()
+    resumed = run_training(_config(out, epochs=2, compile=True, resume=True), train, val)
+    assert resumed["epochs"] == 2 and math.isfinite(resumed["history"][-1]["train_loss"])
+    assert modes == ["reduce-overhead", "default"]
+    assert events == ["forward"] * 3
+    _, card = load_model(out / MODEL_BEST)
+    assert card["training"]["config"]["compile_mode"] == "default"
+
+
 def _write_cache(cache_dir, patients) -> None:
     """A cache folder of in-memory (small) patients, in the format ``cache.load_all`` reads."""
     import json

@@ -37,7 +37,9 @@ class MambaUNetConfig:
     """Hyper-parameters of MambaUNetV2 and its baselines (plain JSON through to_dict/from_dict).
 
     Defaults: the token mixer sits at 32x32 and below (level 2 of encoder and decoder, and the
-    bottleneck) with two scan directions; see the README's model section for the measurements.
+    bottleneck) with one scan direction (a raster scan: two or four directions measured no better
+    on the validation dose score, and one trains 1.36x faster on an H100); see the README's model
+    section for the measurements.
     """
 
     in_channels: int
@@ -52,7 +54,7 @@ class MambaUNetConfig:
     expand: int = 2
     d_conv: int = 4
     chunk_size: int = 64
-    scan_directions: int = 2
+    scan_directions: int = 1
     downsample: str = "conv"
     skip: str = "concat"
     convs_per_level: int = 2

@@ -87,6 +87,8 @@ HISTORY_COLUMNS = (
     "val_dvh_score_pooled",
     "val_time_s",
 )
+#: ``torch.compile`` modes of ``--compile-mode``; all but "default" replay CUDA graphs on a GPU.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
 
 def default_workers() -> int:
@@ -115,6 +117,9 @@ class TrainConfig:
     sorted_dvh_loss`` (the sorted-dose / 1-Wasserstein match of the dose distributions inside
     every structure of a slice, structures taken from the input's ``mask_*`` / target ``psdm_*``
     channels); an experiment outside the paper's recipe. 0 (default) = ``masked_smooth_l1`` alone.
+    Speed: ``compile`` runs the training step through ``torch.compile`` with ``compile_mode``
+    (:data:`COMPILE_MODES`; "reduce-overhead" and "max-autotune" replay CUDA graphs on a GPU).
+    Neither is part of the architecture: a run may resume with or without them, in another mode.
     """
 
     train_cache: str = ""
@@ -141,6 +146,7 @@ class TrainConfig:
     ema_decay: float = 0.0
     seed: int = 0
     compile: bool = False
+    compile_mode: str = "default"
     channels_last: bool = False
     sync_bn: bool = False
     slices_per_epoch: int | None = None
@@ -211,6 +217,7 @@ class TrainConfig:
             ema_decay=args.ema,
             seed=args.seed,
             compile=args.compile,
+            compile_mode=args.compile_mode,
             channels_last=args.channels_last,
             sync_bn=args.sync_bn,
             slices_per_epoch=args.slices_per_epoch,
@@ -255,7 +262,17 @@ class TrainConfig:
             raise InputError(
                 f"--inplane-spacing must be a positive number of mm, got {self.inplane_spacing_mm}"
             )
+        if self.compile_mode not in COMPILE_MODES:
+            raise InputError(f"--compile-mode {self.compile_mode!r} is not one of {', '.join(COMPILE_MODES)}")
+        if self.compile_mode != "default" and not self.compile:
+            raise InputError(f"--compile-mode {self.compile_mode} needs --compile")
         self.view_names()
+
+    @property
+    def cudagraphs(self) -> bool:
+        """Whether the compiled training step replays CUDA graphs (on a GPU; inductor ignores
+        them on the CPU): ``compile`` with a mode other than "default"."""
+        return self.compile and self.compile_mode != "default"
 
     def view_names(self) -> tuple[str, ...]:
         """The slice orientations, from the comma-separated ``views``."""
@@ -1056,7 +1073,10 @@ def _train(
             raw_model, device_ids=[device.index] if device.type == "cuda" else None
         )
     if cfg.compile:
-        model = torch.compile(model)
+        # "default" is the plain torch.compile(model); the other modes add CUDA graphs, for which
+        # train_one_epoch marks the start of every step. Validation and export use raw_model / the
+        # weight average uncompiled, so they record no graphs (their batch shapes differ).
+        model = torch.compile(model, mode=cfg.compile_mode)
     ema = make_ema(raw_model, cfg.ema_decay)
     if ema is not None and ckpt is not None:
         if "ema" not in ckpt:
@@ -1253,6 +1273,16 @@ def train_one_epoch(
     aug_gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch, rt.rank, 1))  # CPU: no sync
     batch = min(cfg.batch_size, rows.numel())
     use_amp = device.type == "cuda"
+    # With CUDA graphs (--compile-mode reduce-overhead / max-autotune) the compiled forward and
+    # backward are replayed into the same static buffers every step, so nothing they returned is
+    # used after its step: `pred` is read only by the eager loss terms of the same step (the loss,
+    # its running sum and the progress bar's value are new eager tensors), and the gradients (which
+    # `.grad` may take over from the backward graph's buffers) are used by clipping, the optimiser
+    # and the weight average within the step, then dropped before the next step's replay
+    # (zero_grad(set_to_none=True) at the top of the step). Every step sees the same shapes
+    # (epoch_plan floors the steps, so every batch is full; augmentation keeps the slice size), so
+    # one graph is recorded and replayed.
+    mark_step = torch.compiler.cudagraph_mark_step_begin if cfg.cudagraphs else None
     dvh_idx = None
     if cfg.dvh_loss_weight > 0:
         mask_idx, psdm_idx = roi_channel_indices(data.channels)
@@ -1284,12 +1314,14 @@ def train_one_epoch(
             roi_masks = roi_masks_from_indices(x, *dvh_idx) & (w > 0.5)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        optimizer.zero_grad(set_to_none=True)
+        if mark_step is not None:
+            mark_step()  # a new step: the previous step's graph outputs may now be overwritten
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
             pred = model(x)
         loss = masked_smooth_l1(pred, y, w, cfg.loss_beta)
         if roi_masks is not None:
             loss = loss + cfg.dvh_loss_weight * sorted_dvh_loss(pred, y, roi_masks)
-        optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

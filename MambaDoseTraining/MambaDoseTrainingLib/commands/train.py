@@ -10,6 +10,8 @@ import argparse
 import json
 import os
 
+#: train.COMPILE_MODES, spelt out here: the parser is built without importing torch.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 HELP = "train MambaUNetV2 on cached patients (resumable with --resume; --time-limit for capped commands)"
 
 
@@ -85,7 +87,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="first UNet level with a mixer (0 = full resolution)",
     )
-    model.add_argument("--scan-directions", type=int, default=None, help="Mamba scan directions")
+    model.add_argument(
+        "--scan-directions",
+        type=int,
+        default=None,
+        help="Mamba scan directions: 1 (default, a raster scan), 2 (and reversed) or 4 (and transposed)",
+    )
     model.add_argument("--d-state", type=int, default=None, help="Mamba-2 state size")
     model.add_argument(
         "--model-channels", type=_int_list, default=None, help="UNet widths, e.g. 32,64,128,256"
@@ -158,6 +165,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="torch.compile the whole network (with the PyTorch scan unless --backend is given: "
         "the fastest training step measured on an H100; the first epoch pays about 1.5 min of compiling on a GPU)",
+    )
+    run.add_argument(
+        "--compile-mode",
+        choices=COMPILE_MODES,
+        default="default",
+        help="torch.compile mode with --compile: default | reduce-overhead (CUDA graphs: 1.95x the "
+        "default mode's training slices/s in this command on one H200, "
+        "benchmarks/results/2026-11-27-session6/train_cudagraphs_*.log) | max-autotune",
     )
     run.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     run.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under torchrun")
