@@ -326,6 +326,7 @@ def test_cuda_graph_modes_mark_every_step_before_the_forward_and_resume_in_anoth
     train, val = phantoms
     events: list[str] = []
     modes: list[str] = []
+    compiled: list[torch.nn.Module] = []
 
     class Compiled(torch.nn.Module):
         def __init__(self, module):
@@ -338,10 +339,16 @@ def test_cuda_graph_modes_mark_every_step_before_the_forward_and_resume_in_anoth
 
     def fake_compile(model, mode=None, **kw):
         modes.append(mode)
-        return Compiled(model)
+        compiled.append(Compiled(model))
+        return compiled[-1]
+
+    def mark() -> None:
+        # the previous step's gradients (which may live in the graph's buffers) are gone by now
+        assert all(p.grad is None for p in compiled[-1].parameters())
+        events.append("mark")
 
     monkeypatch.setattr(torch, "compile", fake_compile)
-    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: events.append("mark"))
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", mark)
     out = tmp_path / "run"
     first = run_training(_config(out, epochs=1, compile=True, compile_mode="reduce-overhead"), train, val)
     assert first["epochs"] == 1 and first["steps_per_epoch"] == 3
@@ -619,3 +626,16 @@ def test_slice_build_summarises_field_of_view_cropping(tmp_path, caplog):
     assert "pt_wide:" in caplog.text  # the patient's own warning
     assert "1 of 1 patients have possible-dose voxels outside the field" in caplog.text
     assert np.load(tmp_path / "pt_wide.features.npy").shape == (2, 2, 128, 128)
+
+
+def test_resume_with_another_architecture_names_the_differing_field(phantoms, tmp_path):
+    """A run started with two scan directions (the default before session 6) does not resume as
+    one: the error names the field, both values and the option to pass."""
+    train, val = phantoms
+    out = tmp_path / "run"
+    tiny_mamba = dict(mixer="mamba2", mixer_min_level=3, d_state=8)
+    run_training(_config(out, epochs=1, scan_directions=2, **tiny_mamba), train, val)
+    with pytest.raises(InputError, match=r"scan_directions saved 2, now 1.*--scan-directions 2"):
+        run_training(_config(out, epochs=2, resume=True, **tiny_mamba), train, val)
+    resumed = run_training(_config(out, epochs=2, resume=True, scan_directions=2, **tiny_mamba), train, val)
+    assert resumed["epochs"] == 2

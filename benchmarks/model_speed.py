@@ -3,7 +3,8 @@
 Variants (``--variants``, comma-separated; each may carry config overrides after a colon,
 ``name:key=value;key=value``):
 
-    mamba2          MambaUNetV2 with the default config, backend "auto"
+    mamba2          MambaUNetV2 with the default config (one scan direction since session 6;
+                    add ``:scan_directions=2`` for the earlier default), backend "auto"
     mamba2-triton   the same, Triton SSD scan (mamba-ssm, CUDA)
     mamba2-torch    the same, chunked PyTorch SSD scan
     attention       global self-attention at the same levels (the Transformer baseline)

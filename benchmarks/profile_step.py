@@ -1,7 +1,7 @@
 """Where a MambaUNetV2 training step spends its GPU time: torch.profiler over a few steps.
 
 For each variant (the ``model_speed.py`` syntax, e.g. ``mamba2-triton``, ``unet``,
-``mamba2-triton:scan_directions=1``; a trailing ``@conv1d`` runs the Mamba-2 causal convolution
+``mamba2-triton:scan_directions=2``; a trailing ``@conv1d`` runs the Mamba-2 causal convolution
 through cuDNN's depthwise ``F.conv1d`` instead of ``mamba2.causal_depthwise_conv``, the path it
 replaced) this runs warm-up steps, then profiles ``--steps`` training
 steps (forward + backward + AdamW, bf16 autocast, channels-last, batch ``--batch``) and prints:

@@ -1054,10 +1054,17 @@ def _train(
     model_config_dict = _model_config_dict(model_config)
     raw_model = MambaUNetV2(model_config)
     if ckpt is not None:
-        if _architecture(ckpt["model_config"]) != _architecture(model_config_dict):
+        saved, wanted = _architecture(ckpt["model_config"]), _architecture(model_config_dict)
+        if saved != wanted:
+            diff = ", ".join(
+                f"{k} saved {saved.get(k)!r}, now {wanted.get(k)!r}"
+                for k in sorted(set(saved) | set(wanted))
+                if saved.get(k) != wanted.get(k)
+            )
             raise InputError(
-                f"{out / LAST}: saved model config {ckpt['model_config']} differs from "
-                f"this command's {model_config_dict}"
+                f"{out / LAST}: the saved model differs from this command's ({diff}); resume with "
+                "the options it was started with (e.g. --scan-directions 2 for a run started before "
+                "one direction became the default)"
             )
         raw_model.load_state_dict(ckpt["model"])
     if cfg.sync_bn and rt.distributed:
@@ -1077,6 +1084,12 @@ def _train(
         # train_one_epoch marks the start of every step. Validation and export use raw_model / the
         # weight average uncompiled, so they record no graphs (their batch shapes differ).
         model = torch.compile(model, mode=cfg.compile_mode)
+        if cfg.cudagraphs and rt.distributed and rt.is_main:
+            log.warning(
+                "--compile-mode %s under torchrun: CUDA graphs with DistributedDataParallel have not "
+                "been run on GPUs by this project (one GPU: 1.95x the default mode on an H200)",
+                cfg.compile_mode,
+            )
     ema = make_ema(raw_model, cfg.ema_decay)
     if ema is not None and ckpt is not None:
         if "ema" not in ckpt:

@@ -11,7 +11,7 @@ limit=$1; epochs=$2; shift 2
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=8
 runs=/tmp/runs; mkdir -p $runs
 gpus=$(nvidia-smi -L | wc -l)
-common="--train-cache /tmp/cache/train --val-cache /tmp/cache/val --feature-cache /tmp/feat --lr 3e-4 --batch-size 32 --channels-last --no-progress --resume"
+common="--train-cache /tmp/cache/train --val-cache /tmp/cache/val --feature-cache /tmp/feat --lr 3e-4 --batch-size 32 --channels-last --no-progress --resume --scan-directions 2"
 # the features once, before the runs share them
 python3 benchmarks/gpu/prebuild_features.py > $runs/features.log 2>&1
 for i in $(seq 0 $((gpus - 1))); do

@@ -15,7 +15,7 @@ runs=/tmp/runs; mkdir -p $runs
 deadline=$(( $(date +%s) + limit ))  # every run stops (between epochs) by then
 views=axial,coronal,sagittal
 # one line: it is also pasted into the bash -c string of GPU 3 below
-common="--train-cache /tmp/cache/train --val-cache /tmp/cache/val --feature-cache /tmp/feat --views $views --lr 3e-4 --batch-size 32 --warmup-epochs 2 --channels-last --no-progress --resume"
+common="--train-cache /tmp/cache/train --val-cache /tmp/cache/val --feature-cache /tmp/feat --views $views --lr 3e-4 --batch-size 32 --warmup-epochs 2 --channels-last --no-progress --resume --scan-directions 2"
 export OMP_NUM_THREADS=8  # several trainings share the host's cores
 # features of every view, once, for all runs (they share the feature cache)
 python3 benchmarks/gpu/prebuild_features.py --views $views --workers 48 > $runs/features.log 2>&1
@@ -29,7 +29,7 @@ start mv2 1,2 torchrun --standalone --nproc_per_node 2 -m MambaDoseLib.cli train
   --epochs $e2 --time-limit $(left)
 CUDA_VISIBLE_DEVICES=3 setsid nohup bash -c "
   python3 benchmarks/model_speed.py --device cuda --batch 32 --steps 20 --no-flops --json $runs/speed.json \
-    --variants 'mamba2-triton,mamba2-torch,attention,unet,mamba2-triton:scan_directions=1,mamba2-triton:mixer_min_level=3,mamba2-triton+compile' > $runs/speed.log 2>&1
+    --variants 'mamba2-triton:scan_directions=2,mamba2-torch:scan_directions=2,attention,unet,mamba2-triton:scan_directions=1,mamba2-triton:mixer_min_level=3;scan_directions=2,mamba2-triton+compile:scan_directions=2' > $runs/speed.log 2>&1
   python3 -m MambaDoseLib.cli train $common --mixer none --epochs $eu --time-limit \$(( $deadline - \$(date +%s) )) --out $runs/unet > $runs/unet.log 2>&1
   python3 -m MambaDoseLib.cli train $common --mixer attention --epochs $ea --time-limit \$(( $deadline - \$(date +%s) )) --out $runs/attn > $runs/attn.log 2>&1
 " > /dev/null 2>&1 < /dev/null &

@@ -1,12 +1,13 @@
-# Shared by benchmarks/gpu/session3_runs.sh, session4_runs.sh and session5_runs.sh (sourced): the run folder, the
+# Shared by benchmarks/gpu/session3_runs.sh ... session6_runs.sh (sourced): the run folder, the
 # environment and the recipe every run of those sessions shares, and `start`, which launches one
-# training in the background (setsid nohup) so it outlives the device call.
+# training in the background (setsid nohup) so it outlives the device call. Two scan directions, the
+# default of sessions 1-5 (one since session 6), unless the extra arguments say otherwise.
 #   source benchmarks/gpu/runs_common.sh TIME_LIMIT_S EPOCHS [EXTRA_COMMON_ARGS...]
 set -u
 limit=$1; epochs=$2; shift 2
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=6
 runs=/tmp/runs; mkdir -p $runs
-common="--train-cache /tmp/cache/train --val-cache /tmp/cache/val --feature-cache /tmp/feat --lr 3e-4 --batch-size 32 --channels-last --no-progress --resume --ema 0.999 --warmup-epochs 2 --epochs $epochs --time-limit $limit --workers 8 $*"
+common="--train-cache /tmp/cache/train --val-cache /tmp/cache/val --feature-cache /tmp/feat --lr 3e-4 --batch-size 32 --channels-last --no-progress --resume --ema 0.999 --warmup-epochs 2 --epochs $epochs --time-limit $limit --workers 8 --scan-directions 2 $*"
 start() {  # GPU NAME SEED BETA [EXTRA...]
   local gpu=$1 name=$2 seed=$3 beta=$4; shift 4
   CUDA_VISIBLE_DEVICES=$gpu setsid nohup python3 -m MambaDoseLib.cli train $common --seed $seed \
