@@ -639,3 +639,29 @@ def test_resume_with_another_architecture_names_the_differing_field(phantoms, tm
         run_training(_config(out, epochs=2, resume=True, **tiny_mamba), train, val)
     resumed = run_training(_config(out, epochs=2, resume=True, scan_directions=2, **tiny_mamba), train, val)
     assert resumed["epochs"] == 2
+
+
+def test_cuda_graph_mode_with_the_dvh_loss_marks_each_step(phantoms, tmp_path, monkeypatch):
+    """The sorted DVH loss reads the compiled output within its step only: with reduce-overhead
+    (torch.compile stood in by a recording wrapper) each step is marked once before its forward
+    and the loss stays finite."""
+    train, val = phantoms
+    events: list[str] = []
+
+    class Compiled(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, x):
+            events.append("forward")
+            return self.module(x)
+
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None, **kw: Compiled(model))
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: events.append("mark"))
+    cfg = _config(
+        tmp_path / "run", epochs=1, compile=True, compile_mode="reduce-overhead", dvh_loss_weight=0.5
+    )
+    result = run_training(cfg, train, val)
+    assert events == ["mark", "forward"] * result["steps_per_epoch"]
+    assert math.isfinite(result["history"][-1]["train_loss"])
