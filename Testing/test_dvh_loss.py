@@ -178,7 +178,8 @@ def test_roi_masks_from_features_uses_masks_and_target_distance_maps():
     assert torch.equal(masks, expected.expand(2, -1, -1, -1))
     assert (
         roi_masks_from_features(
-            x[:, [0, 2, 3, 5]], ("ct", "mask_Brainstem_prev", "psdm_Brainstem", "psdm_PTV56_next")
+            x[:, [0, 2, 3, 5, 2]],
+            ("ct", "mask_Brainstem_prev", "psdm_Brainstem", "psdm_PTV56_next", "mask_PTV63_next2"),
         )
         is None
     )

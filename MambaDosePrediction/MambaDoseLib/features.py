@@ -24,7 +24,9 @@ Channel names and formulas (see also ``docs/features.md``):
   A structure that is absent (not contoured, or an empty mask) gives the "far" value ``+w``
   everywhere.
 - 2.5D names: ``"<channel>_prev"`` / ``"<channel>_next"`` is ``<channel>`` of slice ``k - 1`` /
-  ``k + 1`` (the first / last slice is repeated at the volume's ends), e.g. ``"ct_prev"``.
+  ``k + 1``, and ``"<channel>_prev<N>"`` / ``"<channel>_next<N>"`` of slice ``k - N`` / ``k + N``
+  (N >= 1; the first / last slice is repeated at the volume's ends), e.g. ``"ct_prev"``,
+  ``"ptv_map_next2"``.
 
 The dose target is ``normalise_dose(dose_gy)``: clipped to ``DOSE_RANGE_GY = (0, 80)`` Gy and
 mapped linearly to [-1, 1]; ``denormalise_dose`` maps a prediction back to Gy (>= 0).
@@ -34,6 +36,8 @@ possible-dose mask when a patient (e.g. a clinic's CT) has none.
 """
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 from scipy import ndimage
@@ -59,7 +63,7 @@ CHANNELS: tuple[str, ...] = (
     + tuple(f"psdm_{name}" for name in ROI_NAMES)
 )
 
-_NEIGHBOUR_SUFFIXES: dict[str, int] = {"_prev": -1, "_next": +1}
+_NEIGHBOUR = re.compile(r"^(?P<base>.+)_(?P<side>prev|next)(?P<n>[1-9][0-9]*)?$")
 
 
 def _scale_to_unit(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -169,12 +173,14 @@ def _base_channel(patient: Patient, name: str) -> np.ndarray:
     raise ValueError(f"unknown feature channel {name!r}")
 
 
-def _split_neighbour(name: str) -> tuple[str, int]:
-    """``"ct_prev"`` -> (``"ct"``, -1); ``"ct"`` -> (``"ct"``, 0)."""
-    for suffix, offset in _NEIGHBOUR_SUFFIXES.items():
-        if name.endswith(suffix):
-            return name[: -len(suffix)], offset
-    return name, 0
+def split_neighbour(name: str) -> tuple[str, int]:
+    """A channel name's base channel and slice offset: ``"ct_prev"`` -> (``"ct"``, -1),
+    ``"ptv_map_next2"`` -> (``"ptv_map"``, 2), ``"ct"`` -> (``"ct"``, 0)."""
+    match = _NEIGHBOUR.match(name)
+    if match is None:
+        return name, 0
+    n = int(match["n"] or 1)
+    return match["base"], -n if match["side"] == "prev" else n
 
 
 def shift_slices(volume: np.ndarray, offset: int) -> np.ndarray:
@@ -187,7 +193,7 @@ def check_channels(channels: tuple[str, ...] | list[str]) -> None:
     """Raise ValueError naming the first channel name that ``build_features`` does not know."""
     known = set(CHANNELS) | {f"mask_{n}" for n in ROI_NAMES}
     for name in channels:
-        if _split_neighbour(name)[0] not in known:
+        if split_neighbour(name)[0] not in known:
             raise ValueError(f"unknown feature channel {name!r}")
 
 
@@ -201,7 +207,7 @@ def build_features(patient: Patient, channels: tuple[str, ...] | list[str] = CHA
     out = np.empty((len(channels), *patient.shape), dtype=np.float32)
     computed: dict[str, np.ndarray] = {}
     for c, name in enumerate(channels):
-        base, offset = _split_neighbour(name)
+        base, offset = split_neighbour(name)
         if base not in computed:
             computed[base] = _base_channel(patient, base)
         out[c] = shift_slices(computed[base], offset) if offset else computed[base]

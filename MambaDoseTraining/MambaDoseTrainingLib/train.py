@@ -319,11 +319,12 @@ def masked_smooth_l1(
 def roi_channel_indices(channels: Sequence[str]) -> tuple[list[int], list[int]]:
     """Indices of the input channels that give structure masks (see :func:`roi_masks_from_features`):
     (``mask_<ROI>`` channels, ``psdm_<target>`` channels of targets without a ``mask_`` channel).
-    Neighbour-slice channels (``_prev`` / ``_next``) are not used."""
+    Neighbour-slice channels (``_prev`` / ``_next``, any offset) are not used."""
+    from MambaDoseLib.features import split_neighbour
     from MambaDoseLib.rois import TARGET_NAMES
 
     def own_slice(name: str) -> bool:
-        return not (name.endswith("_prev") or name.endswith("_next"))
+        return split_neighbour(name)[1] == 0
 
     names = list(channels)
     mask_idx = [i for i, n in enumerate(names) if n.startswith("mask_") and own_slice(n)]

@@ -47,7 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument(
         "--channels",
         default="2d",
-        help="input channels: preset 2d | 2.5d (adds ct_prev/ct_next), or a comma list",
+        help="input channels: preset 2d | 2.5d (adds ct_prev/ct_next), or a comma list of channel "
+        "names (docs/features.md; neighbouring slices as <channel>_prev[N] / <channel>_next[N])",
     )
     data.add_argument(
         "--feature-cache",
