@@ -44,3 +44,17 @@ def test_statistics_are_those_of_the_data_without_dropout(bn_recalibrate):
 def test_a_network_without_batchnorm_is_refused(bn_recalibrate):
     with pytest.raises(SystemExit, match="no BatchNorm"):
         bn_recalibrate.recalibrate(torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1)), [torch.zeros(1, 1, 2, 2)])
+
+
+def test_batches_mix_the_patients_and_cover_every_slice_once(bn_recalibrate):
+    import numpy as np
+
+    # 3 "patients" of 10 slices each, slice value = its index
+    slices = np.arange(30, dtype=np.float16).reshape(30, 1, 1, 1)
+    batches = list(bn_recalibrate.shuffled_batches(slices, 8, seed=0))
+    assert [b.shape[0] for b in batches] == [8, 8, 8, 6] and batches[0].dtype == torch.float32
+    seen = torch.cat(batches).flatten().long().tolist()
+    assert sorted(seen) == list(range(30))
+    assert all(len({i // 10 for i in b.flatten().long().tolist()}) > 1 for b in batches[:3])
+    again = torch.cat(list(bn_recalibrate.shuffled_batches(slices, 8, seed=0)))
+    assert torch.equal(again, torch.cat(batches))

@@ -657,11 +657,20 @@ def test_cuda_graph_mode_with_the_dvh_loss_marks_each_step(phantoms, tmp_path, m
             events.append("forward")
             return self.module(x)
 
+    from MambaDoseTrainingLib import train as train_module
+
+    real_dvh_loss = train_module.sorted_dvh_loss
+
+    def dvh_loss(*args, **kwargs):
+        events.append("dvh")
+        return real_dvh_loss(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "sorted_dvh_loss", dvh_loss)
     monkeypatch.setattr(torch, "compile", lambda model, mode=None, **kw: Compiled(model))
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: events.append("mark"))
     cfg = _config(
         tmp_path / "run", epochs=1, compile=True, compile_mode="reduce-overhead", dvh_loss_weight=0.5
     )
     result = run_training(cfg, train, val)
-    assert events == ["mark", "forward"] * result["steps_per_epoch"]
+    assert events == ["mark", "forward", "dvh"] * result["steps_per_epoch"]
     assert math.isfinite(result["history"][-1]["train_loss"])

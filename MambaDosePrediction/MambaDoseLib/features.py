@@ -25,7 +25,7 @@ Channel names and formulas (see also ``docs/features.md``):
   everywhere.
 - 2.5D names: ``"<channel>_prev"`` / ``"<channel>_next"`` is ``<channel>`` of slice ``k - 1`` /
   ``k + 1``, and ``"<channel>_prev<N>"`` / ``"<channel>_next<N>"`` of slice ``k - N`` / ``k + N``
-  (N >= 1; the first / last slice is repeated at the volume's ends), e.g. ``"ct_prev"``,
+  (N >= 2, so that every channel has one name; the first / last slice is repeated at the volume's ends), e.g. ``"ct_prev"``,
   ``"ptv_map_next2"``.
 
 The dose target is ``normalise_dose(dose_gy)``: clipped to ``DOSE_RANGE_GY = (0, 80)`` Gy and
@@ -63,7 +63,7 @@ CHANNELS: tuple[str, ...] = (
     + tuple(f"psdm_{name}" for name in ROI_NAMES)
 )
 
-_NEIGHBOUR = re.compile(r"^(?P<base>.+)_(?P<side>prev|next)(?P<n>[1-9][0-9]*)?$")
+_NEIGHBOUR = re.compile(r"(?P<base>.+)_(?P<side>prev|next)(?P<n>[2-9]|[1-9][0-9]+)?")  # one spelling each
 
 
 def _scale_to_unit(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -176,7 +176,7 @@ def _base_channel(patient: Patient, name: str) -> np.ndarray:
 def split_neighbour(name: str) -> tuple[str, int]:
     """A channel name's base channel and slice offset: ``"ct_prev"`` -> (``"ct"``, -1),
     ``"ptv_map_next2"`` -> (``"ptv_map"``, 2), ``"ct"`` -> (``"ct"``, 0)."""
-    match = _NEIGHBOUR.match(name)
+    match = _NEIGHBOUR.fullmatch(name)
     if match is None:
         return name, 0
     n = int(match["n"] or 1)
