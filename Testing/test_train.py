@@ -314,6 +314,19 @@ def test_compile_mode_is_checked_parsed_and_defaults_for_older_configs(tmp_path)
     assert TrainConfig.from_dict(cfg.to_dict()).compile_mode == "reduce-overhead"
 
 
+class _RecordingCompiled(torch.nn.Module):
+    """Stands in for ``torch.compile``'s result: runs ``module`` and records each forward."""
+
+    def __init__(self, module: torch.nn.Module, events: list[str]) -> None:
+        super().__init__()
+        self.module = module
+        self.events = events
+
+    def forward(self, x):
+        self.events.append("forward")
+        return self.module(x)
+
+
 def test_cuda_graph_modes_mark_every_step_before_the_forward_and_resume_in_another_mode(
     phantoms, tmp_path, monkeypatch
 ):
@@ -328,18 +341,9 @@ def test_cuda_graph_modes_mark_every_step_before_the_forward_and_resume_in_anoth
     modes: list[str] = []
     compiled: list[torch.nn.Module] = []
 
-    class Compiled(torch.nn.Module):
-        def __init__(self, module):
-            super().__init__()
-            self.module = module
-
-        def forward(self, x):
-            events.append("forward")
-            return self.module(x)
-
     def fake_compile(model, mode=None, **kw):
         modes.append(mode)
-        compiled.append(Compiled(model))
+        compiled.append(_RecordingCompiled(model, events))
         return compiled[-1]
 
     def mark() -> None:
@@ -648,15 +652,6 @@ def test_cuda_graph_mode_with_the_dvh_loss_marks_each_step(phantoms, tmp_path, m
     train, val = phantoms
     events: list[str] = []
 
-    class Compiled(torch.nn.Module):
-        def __init__(self, module):
-            super().__init__()
-            self.module = module
-
-        def forward(self, x):
-            events.append("forward")
-            return self.module(x)
-
     from MambaDoseTrainingLib import train as train_module
 
     real_dvh_loss = train_module.sorted_dvh_loss
@@ -666,7 +661,7 @@ def test_cuda_graph_mode_with_the_dvh_loss_marks_each_step(phantoms, tmp_path, m
         return real_dvh_loss(*args, **kwargs)
 
     monkeypatch.setattr(train_module, "sorted_dvh_loss", dvh_loss)
-    monkeypatch.setattr(torch, "compile", lambda model, mode=None, **kw: Compiled(model))
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None, **kw: _RecordingCompiled(model, events))
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: events.append("mark"))
     cfg = _config(
         tmp_path / "run", epochs=1, compile=True, compile_mode="reduce-overhead", dvh_loss_weight=0.5
