@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from MambaDoseTrainingLib.augment import (
     AugmentConfig,
@@ -145,3 +146,28 @@ def test_same_generator_seed_gives_same_augmentation():
     b = augment_batch(x, y, m, cfg, torch.Generator().manual_seed(11))
     for u, v in zip(a, b, strict=True):
         assert torch.equal(u, v)
+
+
+def test_groups_share_one_transform_and_group_one_is_unchanged():
+    """group=k: one set of parameters per run of k samples (a slab moves as one block): k equal
+    slices stay equal; group=1 draws as before (the stream of a fixed seed is unchanged)."""
+    names = ("ct", "mask_RightParotid", "mask_LeftParotid")
+    x, y, m = _batch(b=3, c=3)
+    k = 4
+    xs, ys, ms = (t.repeat_interleave(k, dim=0) for t in (x, y, m))  # 3 groups of 4 equal slices
+    cfg = AugmentConfig(flip_lr_p=0.5, flip_ap_p=0.5, rotate_p=0.7, scale_p=0.7, shift_p=0.7)
+    out = augment_batch(xs, ys, ms, cfg, torch.Generator().manual_seed(5), names, group=k)
+    for t in out:
+        groups = t.view(3, k, *t.shape[1:])
+        assert all(torch.equal(groups[:, 0], groups[:, j]) for j in range(1, k))
+    assert not all(torch.equal(out[0][i * k], out[0][j * k]) for i in range(3) for j in range(3))
+    # group 1 is the per-sample augmentation: the same draws as without the argument
+    for seed in range(3):
+        a = augment_batch(xs, ys, ms, cfg, torch.Generator().manual_seed(seed), names)
+        b = augment_batch(xs, ys, ms, cfg, torch.Generator().manual_seed(seed), names, group=1)
+        assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
+    # and it draws a different transform for equal slices of one group
+    per_sample = augment_batch(xs, ys, ms, cfg, torch.Generator().manual_seed(5), names)[0]
+    assert not all(torch.equal(per_sample[0], per_sample[j]) for j in range(1, k))
+    with pytest.raises(ValueError, match="groups of 5"):
+        augment_batch(xs, ys, ms, cfg, torch.Generator().manual_seed(0), names, group=5)

@@ -266,3 +266,106 @@ def test_within_mask_of_another_shape_is_refused():
         inference.predict_volume(
             _conv1x1(3), _features(), within=np.ones((6, 5, 6), bool), denormalise=_identity
         )
+
+
+# --------------------------------------------------------------------------- slab models
+
+
+class _SliceWiseSlab(torch.nn.Module):
+    """A per-slice 1x1 conv that calls itself a slab model (``config.slab``): windows of k
+    slices averaged over a per-slice function must give the slice-wise prediction back."""
+
+    def __init__(self, c: int, slab: int, seed: int = 0) -> None:
+        super().__init__()
+        self.inner = _conv1x1(c, seed)
+        self.config = type("C", (), {"slab": slab})()
+        self.batches: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.shape[0] % self.config.slab == 0  # whole windows only
+        self.batches.append(x.shape[0])
+        return self.inner(x)
+
+
+def test_slab_windows_cover_the_range_and_end_at_its_end():
+    windows = inference.slab_windows
+    assert windows(np.arange(7), 7, 3).tolist() == [0, 1, 2, 3, 4]  # stride max(1, 3 // 2) = 1
+    assert windows(np.arange(7), 7, 4).tolist() == [0, 2, 3]  # stride 2, the last ends at slice 6
+    assert windows(np.array([2, 5]), 9, 2).tolist() == [2, 3, 4]  # the range, gaps included
+    assert windows(np.array([5]), 10, 4).tolist() == [4]  # widened about evenly
+    assert windows(np.array([9]), 10, 4).tolist() == [6]  # ... within the volume
+    assert windows(np.array([0, 1]), 2, 3).tolist() == [0]  # fewer slices than k: reaches past the end
+    assert windows(np.zeros(0, np.int64), 5, 2).size == 0
+    for n in range(1, 12):
+        for k in range(1, 6):
+            for lo in range(n):
+                for hi in range(lo, n):
+                    starts = windows(np.array([lo, hi]), n, k)
+                    held = set((starts[:, None] + np.arange(k)).ravel().tolist())
+                    assert set(range(lo, hi + 1)) <= held
+                    assert starts.min() >= 0 and starts.max() + k <= max(n, k)
+                    assert np.all(np.diff(starts) > 0) and np.all(np.diff(starts) <= max(1, k // 2))
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+@pytest.mark.parametrize("depth", [1, 2, 5, 7])
+@pytest.mark.parametrize("mask", ["none", "middle", "one", "gap"])
+def test_slab_windows_of_a_slice_wise_model_give_the_slice_wise_dose(k, depth, mask):
+    f = _features(shape=(6, 5, depth), seed=k + depth)
+    within = None
+    if mask != "none":
+        within = np.zeros(f.shape[1:], bool)
+        picked = {"middle": [depth // 2, depth - 1], "one": [depth - 1], "gap": [0, depth - 1]}[mask]
+        within[1:4, 1:4, picked] = True
+    plain = inference.predict_volume(
+        _conv1x1(3, seed=5), f, device="cpu", within=within, denormalise=_identity
+    )
+    model = _SliceWiseSlab(3, k, seed=5)
+    seen: list[tuple[int, int]] = []
+    got = inference.predict_volume(
+        model,
+        f,
+        device="cpu",
+        within=within,
+        batch_size=5,
+        denormalise=_identity,
+        tta=True,
+        progress=lambda d, t: seen.append((d, t)),
+    )
+    np.testing.assert_allclose(got, plain, atol=1e-6)
+    assert all(b <= max(k, 5 // k * k) for b in model.batches)  # batch_size // k windows, at least one
+    assert seen[-1][0] == seen[-1][1] == sum(model.batches)  # slices computed, windows x k
+
+
+def test_slab_model_predicts_axial_only_and_can_be_cancelled():
+    f = _features(shape=(6, 5, 7))
+    model = _SliceWiseSlab(3, 2)
+    with pytest.raises(InputError, match="slab=2.*axial"):
+        inference.predict_volume(model, f, device="cpu", views=("axial", "coronal"), denormalise=_identity)
+    with pytest.raises(InputError, match="axial view only, not sagittal"):  # what the commands check first
+        inference.check_slab_views(model, ("sagittal",))
+    inference.check_slab_views(model, ("axial",))
+    inference.check_slab_views(_conv1x1(3), ("coronal", "sagittal"))  # a slice-wise model takes any view
+    calls = iter([False, True])
+    with pytest.raises(inference.PredictionCancelled, match="after 2 of 12"):  # 6 windows of 2 slices
+        inference.predict_volume(
+            model, f, device="cpu", batch_size=2, denormalise=_identity, cancel=lambda: next(calls)
+        )
+
+
+def test_slab_mamba_unet_predicts_a_phantom():
+    from MambaDoseLib.features import CHANNELS
+    from MambaDoseLib.model import MambaUNetConfig, MambaUNetV2
+    from MambaDoseLib.phantom import make_phantom
+
+    torch.manual_seed(0)
+    config = MambaUNetConfig(
+        in_channels=len(CHANNELS), channels=(8, 16, 32), d_state=8, headdim=8, chunk_size=16,
+        mixer_min_level=1, backend="torch", slab=2,
+    )  # fmt: skip
+    model = MambaUNetV2(config)
+    assert inference.model_slab(model) == 2
+    patient = make_phantom((32, 32, 9), seed=3)
+    dose = inference.predict_patient(model, {"channels": list(CHANNELS)}, patient, device="cpu", tta=True)
+    assert dose.shape == patient.shape and np.isfinite(dose).all()
+    assert np.all(dose[~patient.possible_dose_mask] == 0.0)

@@ -175,3 +175,76 @@ def test_variants_share_the_unet_parameters() -> None:
     """The 'none' baseline is the same network minus the mixers (same conv parameter names)."""
     names = {m: set(MambaUNetV2(small_config(mixer=m)).state_dict()) for m in ("mamba2", "attention", "none")}
     assert names["none"] < names["mamba2"] and names["none"] < names["attention"]
+
+
+# --------------------------------------------------------------------------- slab mode
+
+
+def test_slab_config_round_trip_validation_and_older_cards() -> None:
+    cfg = small_config(slab=3)
+    assert MambaUNetConfig.from_dict(cfg.to_dict()) == cfg and cfg.to_dict()["slab"] == 3
+    with pytest.raises(ValueError, match="slab"):
+        small_config(slab=0)
+    old = small_config().to_dict()
+    del old["slab"]  # a card written before the field existed
+    assert MambaUNetConfig.from_dict(old).slab == 1
+
+
+def test_slab_one_is_slice_wise_and_slab_models_share_its_weights() -> None:
+    """The default (slab 1) predicts every slice on its own; a slab model has the same
+    parameters, so a slice-wise state dict loads into it."""
+    torch.manual_seed(6)
+    plain = MambaUNetV2(small_config()).eval()
+    assert plain.config.slab == 1
+    x = torch.randn(4, 5, 16, 16)
+    with torch.no_grad():
+        together = plain(x)
+        alone = torch.cat([plain(x[i : i + 1]) for i in range(4)])
+    torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
+    slab = MambaUNetV2(small_config(slab=2))
+    slab.load_state_dict(plain.state_dict())  # strict: same names and shapes
+
+
+def _influence(model: MambaUNetV2, x: torch.Tensor, source: int, target: int) -> float:
+    """Largest change of slice ``target``'s output when slice ``source``'s input changes."""
+    with torch.no_grad():
+        base = model(x)
+        changed = x.clone()
+        changed[source] += 5.0
+        return float((model(changed)[target] - base[target]).abs().max())
+
+
+@pytest.mark.parametrize(
+    "mixer, directions, backwards",
+    [("mamba2", 1, False), ("mamba2", 2, True), ("mamba2", 4, True), ("attention", 1, True)],
+)
+def test_slab_mixers_see_the_slices_of_their_slab_only(mixer: str, directions: int, backwards: bool) -> None:
+    """Slabs of 2 slices (batch rows 0-1 and 2-3), eval mode (BatchNorm per slice): slice 0 of a
+    slab reaches slice 1; with one scan direction (a causal raster scan) slice 1 does not reach
+    slice 0, with two or four it does, and attention sees the whole slab; slices of different
+    slabs never meet."""
+    torch.manual_seed(7)
+    model = MambaUNetV2(small_config(mixer=mixer, scan_directions=directions, slab=2)).double().eval()
+    x = torch.randn(4, 5, 16, 16, dtype=torch.float64)  # float64: any nonzero change is real
+    assert _influence(model, x, 0, 1) > 0.0
+    assert _influence(model, x, 2, 3) > 0.0
+    if backwards:
+        assert _influence(model, x, 1, 0) > 0.0
+    else:
+        assert _influence(model, x, 1, 0) == 0.0
+    for source, target in ((0, 2), (1, 3), (2, 0), (3, 1)):
+        assert _influence(model, x, source, target) == 0.0
+
+
+def test_slab_batch_must_hold_whole_slabs_and_ensembles_keep_the_slab() -> None:
+    from MambaDoseLib.model import MambaUNetV2Ensemble
+
+    model = MambaUNetV2(small_config(slab=3)).eval()
+    with pytest.raises(ValueError, match="slabs of 3"):
+        model(torch.randn(4, 5, 16, 16))
+    ensemble = MambaUNetV2Ensemble(small_config(slab=2), 2).eval()
+    assert ensemble.config.slab == 2
+    with torch.no_grad():
+        assert ensemble(torch.randn(4, 5, 16, 16)).shape == (4, 1, 16, 16)
+    with pytest.raises(ValueError, match="slabs of 2"):
+        ensemble(torch.randn(3, 5, 16, 16))

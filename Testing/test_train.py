@@ -10,6 +10,8 @@ import random
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from MambaDoseLib.errors import InputError
 from MambaDoseLib.phantom import make_phantom
 from MambaDoseTrainingLib.augment import AugmentConfig
@@ -669,3 +671,245 @@ def test_cuda_graph_mode_with_the_dvh_loss_marks_each_step(phantoms, tmp_path, m
     result = run_training(cfg, train, val)
     assert events == ["mark", "forward", "dvh"] * result["steps_per_epoch"]
     assert math.isfinite(result["history"][-1]["train_loss"])
+
+
+# --------------------------------------------------------------------------- slab mode
+
+
+def _brute_slab_starts(patient, slice_, view, k) -> list[int]:
+    n = len(patient)
+    return [
+        r
+        for r in range(n - k + 1)
+        if all(
+            patient[r + j] == patient[r] and view[r + j] == view[r] and slice_[r + j] == slice_[r] + j
+            for j in range(k)
+        )
+    ]
+
+
+def test_slab_starts_stop_at_gaps_and_patient_and_view_boundaries():
+    from MambaDoseTrainingLib.dataset import slab_starts
+
+    # patient 0: slices 3 4 5 _ 7 8 | patient 1: 9 10 11 (8 -> 9 crosses patients) |
+    # patient 2: view 0 slices 5 6, view 1 slices 7 8 (6 -> 7 crosses views)
+    patient = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 2])
+    slice_ = torch.tensor([3, 4, 5, 7, 8, 9, 10, 11, 5, 6, 7, 8])
+    view = torch.tensor([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1])
+    assert slab_starts(patient, slice_, view, 1).tolist() == list(range(12))
+    assert slab_starts(patient, slice_, view, 2).tolist() == [0, 1, 3, 5, 6, 8, 10]
+    assert slab_starts(patient, slice_, view, 3).tolist() == [0, 5]
+    assert slab_starts(patient, slice_, view, 4).tolist() == []
+    assert slab_starts(patient[:1], slice_[:1], view[:1], 2).tolist() == []
+    with pytest.raises(ValueError):
+        slab_starts(patient, slice_, view, 0)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(  # patients: lists of views: sorted sets of kept slice numbers
+        st.lists(st.sets(st.integers(0, 12), max_size=10), min_size=1, max_size=2), min_size=1, max_size=4
+    ),
+    st.integers(1, 5),
+)
+def test_slab_starts_match_a_brute_force_search(patients, k):
+    from MambaDoseTrainingLib.dataset import slab_starts
+
+    rows = [(p, sorted(slices), v) for p, views in enumerate(patients) for v, slices in enumerate(views)]
+    patient = [p for p, slices, _ in rows for _ in slices]
+    slice_ = [s for _, slices, _ in rows for s in slices]
+    view = [v for _, slices, v in rows for _ in slices]
+    got = slab_starts(torch.tensor(patient, dtype=torch.long), torch.tensor(slice_, dtype=torch.long),
+                      torch.tensor(view, dtype=torch.long), k)  # fmt: skip
+    assert got.tolist() == _brute_slab_starts(patient, slice_, view, k)
+
+
+def test_balanced_epoch_slabs_draw_whole_slabs_equally_and_k1_is_the_slice_epoch():
+    from MambaDoseTrainingLib.dataset import balanced_epoch_slabs, slab_starts
+
+    # patient 0: 3 slices; 1: 10 slices with a gap; 2: 5 slices; 3: one slice (no slab of 2)
+    patient = torch.tensor([0] * 3 + [1] * 10 + [2] * 5 + [3])
+    slice_ = torch.tensor([0, 1, 2, *range(5), *range(10, 15), *range(4, 9), 7])
+    view = torch.zeros(19, dtype=torch.long)
+    for seed in range(3):
+        slices = balanced_epoch_slabs(patient, slice_, view, 4, 1, torch.Generator().manual_seed(seed))
+        same = balanced_epoch_indices(patient, 4, torch.Generator().manual_seed(seed))
+        assert torch.equal(slices, same)  # k = 1: existing runs draw the same epochs
+    for k in (2, 3):
+        rows = balanced_epoch_slabs(patient, slice_, view, 4, k, torch.Generator().manual_seed(0))
+        per_patient = math.ceil(19 / (4 * k))
+        slabs = rows.view(-1, k)
+        starts = set(slab_starts(patient, slice_, view, k).tolist())
+        assert all(int(s[0]) in starts and s.tolist() == list(range(int(s[0]), int(s[0]) + k)) for s in slabs)
+        assert torch.bincount(patient[slabs[:, 0]], minlength=4).tolist() == [per_patient] * 3 + [0]
+        again = balanced_epoch_slabs(patient, slice_, view, 4, k, torch.Generator().manual_seed(0))
+        assert torch.equal(rows, again)
+    # slabs of one patient are distinct while it has enough; the order is shuffled across patients
+    rows = balanced_epoch_slabs(patient, slice_, view, 4, 2, torch.Generator().manual_seed(1), per_patient=4)
+    firsts = rows.view(-1, 2)[:, 0]
+    assert len(set(firsts[patient[firsts] == 1].tolist())) == 4
+    assert not torch.equal(patient[firsts], patient[firsts].sort().values)
+
+
+def test_slab_epoch_plan_and_shards_keep_slabs_whole(tmp_path):
+    from MambaDoseTrainingLib.train import epoch_plan
+
+    cfg = _config(tmp_path, slab=2, batch_size=4, slices_per_epoch=None)
+    assert epoch_plan(30, 3, cfg, 1) == (30, 7)  # ceil(30 / 6) = 5 slabs of each of 3 patients
+    assert epoch_plan(30, 3, cfg, 1, slab_patients=2) == (20, 5)
+    assert epoch_plan(30, 3, cfg, 4) == (30, 1)  # 15 slabs: 3 slabs per rank, one full batch
+    capped = _config(tmp_path, slab=3, batch_size=6, slices_per_epoch=20)
+    assert epoch_plan(60, 2, capped, 1) == (18, 3)  # the cap rounded down to whole slabs
+    assert epoch_plan(30, 3, _config(tmp_path, slices_per_epoch=None), 2) == (30, 1)  # k = 1 as before
+    slabs = torch.arange(14).view(-1, 2)  # 7 slabs of 2 rows
+    shards = [shard_indices(slabs, r, 2).reshape(-1) for r in range(2)]
+    assert shards[0].tolist() == [0, 1, 4, 5, 8, 9] and shards[1].tolist() == [2, 3, 6, 7, 10, 11]
+
+
+def test_slab_options_are_checked_parsed_and_default_for_older_configs(tmp_path):
+    import argparse
+
+    from MambaDoseTrainingLib.commands.train import add_arguments
+
+    with pytest.raises(InputError, match="--batch-size 6 is not a multiple of --slab 4"):
+        _config(tmp_path, slab=4, batch_size=6).check()
+    with pytest.raises(InputError, match="--slab 2 works on axial slices only"):
+        _config(tmp_path, slab=2, views="axial,coronal").check()
+    with pytest.raises(InputError, match="--slab"):
+        _config(tmp_path, slab=0).check()
+    with pytest.raises(InputError, match="set by --slab"):
+        _config(tmp_path, model_options={"slab": 2}).check()
+    _config(tmp_path, slab=4, batch_size=8).check()
+    assert build_model_config(_config(tmp_path, slab=4), 20).slab == 4
+    assert build_model_config(_config(tmp_path), 20).slab == 1
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    base = ["--train-cache", "t", "--val-cache", "v", "--out", "o"]
+    assert TrainConfig.from_args(parser.parse_args(base)).slab == 1
+    cfg = TrainConfig.from_args(parser.parse_args([*base, "--slab", "4"]))
+    assert cfg.slab == 4 and TrainConfig.from_dict(cfg.to_dict()).slab == 4
+    older = {k: v for k, v in cfg.to_dict().items() if k != "slab"}  # saved before the option existed
+    assert TrainConfig.from_dict(older).slab == 1
+
+
+def test_check_slabs_warns_about_patients_without_a_slab(caplog):
+    from types import SimpleNamespace
+
+    from MambaDoseTrainingLib.train import check_slabs
+
+    data = SimpleNamespace(
+        patient_ids=["pt_a", "pt_b", "pt_c"],
+        patient_index=torch.tensor([0, 0, 0, 1, 1, 2]),
+        slice_index=torch.tensor([4, 5, 6, 2, 4, 9]),
+        view_index=torch.zeros(6, dtype=torch.long),
+    )
+    with caplog.at_level(logging.WARNING):
+        assert check_slabs(data, 2) == 1
+    assert "2 of 3 training patients" in caplog.text and "pt_b, pt_c" in caplog.text
+    with pytest.raises(InputError, match="no training patient has 4 consecutive slices"):
+        check_slabs(data, 4)
+
+
+class _SlabMean(torch.nn.Module):
+    """A stand-in slab model: each slice's output is its channel 0 plus the mean of channel 0
+    over its slab, so the result depends on how slices are grouped into windows."""
+
+    def __init__(self, slab: int) -> None:
+        super().__init__()
+        self.config = type("C", (), {"slab": slab})()
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.config.slab
+        ch0 = x[:, :1]
+        slab_mean = ch0.view(-1, k, *ch0.shape[1:]).mean(dim=1).repeat_interleave(k, dim=0)
+        return ch0 + slab_mean + self.dummy
+
+
+class _SlabRows:
+    """The fields of a SliceSet that slab validation reads: axial rows of patients' kept slices."""
+
+    def __init__(self, patients: list[tuple[np.ndarray, list[int]]]) -> None:
+        """patients: (features (C, I, J, K) float32, kept slice numbers ascending) each."""
+        self.features = torch.cat([torch.from_numpy(np.moveaxis(f[..., kept], 3, 0)) for f, kept in patients])
+        self.features = self.features.half()
+        self.patient_index = torch.tensor([n for n, (_, kept) in enumerate(patients) for _ in kept])
+        self.slice_index = torch.tensor([s for _, kept in patients for s in kept])
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_slab_validation_windows_are_the_prediction_windows(k):
+    """Validation predicts a slab model's rows in the windows prediction uses
+    (``inference.predict_in_slabs``): the same dose as ``inference.predict_volume`` where the
+    kept slices run without a gap; a patient with fewer kept slices than the slab gets rows too
+    (its missing window slices repeat the kept ones)."""
+    from MambaDoseLib.inference import predict_volume
+    from MambaDoseTrainingLib.train import predict_rows_in_slabs
+
+    rng = np.random.default_rng(k)
+    patients, refs = [], []
+    for number, (depth, kept) in enumerate(
+        ((9, [2, 3, 4, 5, 6]), (4, [0, 1, 2, 3]), (5, [2, 3, 4]), (3, [1]))
+    ):
+        f = rng.uniform(0, 1, size=(2, 8, 8, depth)).astype(np.float16).astype(np.float32)  # exact in float16
+        within = np.zeros((8, 8, depth), bool)
+        within[2:6, 2:6, kept] = True
+        patients.append((f, kept))
+        refs.append(
+            ValReference(f"pt_{number}", np.zeros((8, 8, depth), np.float32), within, {}, 1.0, {}, {})
+        )
+    data = _SlabRows(patients)
+    model = _SlabMean(k)
+    rows = predict_rows_in_slabs(model, data, refs, k, 4, torch.device("cpu"), channels_last=False).numpy()
+    assert np.isfinite(rows).all()
+    for number, ((f, kept), ref) in enumerate(zip(patients[:3], refs, strict=False)):
+        expected = predict_volume(
+            model, f, device="cpu", within=ref.possible_dose_mask, denormalise=lambda x: x
+        )
+        sel = data.patient_index.numpy() == number
+        for row, s in zip(rows[sel], kept, strict=True):
+            inside = ref.possible_dose_mask[..., s]
+            np.testing.assert_allclose(row[inside], expected[..., s][inside], atol=1e-6)
+
+
+def test_slab_training_writes_a_slab_model_that_predicts(phantoms, tmp_path, monkeypatch):
+    from MambaDoseLib.inference import predict_patient
+    from MambaDoseLib.weights import load_model
+    from MambaDoseTrainingLib import train as train_module
+
+    train, val = phantoms
+    groups: list[int] = []
+    real_augment = train_module.augment_batch
+
+    def augment(*args, group=1, **kwargs):
+        groups.append(group)
+        return real_augment(*args, group=group, **kwargs)
+
+    monkeypatch.setattr(train_module, "augment_batch", augment)
+    cfg = _config(
+        tmp_path,
+        mixer="mamba2",
+        mixer_min_level=2,
+        d_state=8,
+        slab=2,
+        epochs=1,
+        max_val_patients=1,
+        model_options={"backend": "torch"},
+    )
+    result = run_training(cfg, train, val)
+    assert result["epochs"] == 1 and math.isfinite(result["best_val_dose_score"])
+    assert groups == [2] * result["steps_per_epoch"]
+    assert "(slabs of 2)" in (tmp_path / "train.log").read_text()
+    model, card = load_model(tmp_path / MODEL_BEST)
+    assert card["config"]["slab"] == 2 and card["training"]["config"]["slab"] == 2
+    dose = predict_patient(model, card, val[0], device="cpu")
+    assert np.isfinite(dose).all() and np.all(dose[~val[0].possible_dose_mask] == 0.0)
+    assert dose[val[0].possible_dose_mask].max() > 0.0
+    with pytest.raises(InputError, match="differs"):  # the slab is part of the architecture
+        run_training(
+            TrainConfig.from_dict({**cfg.to_dict(), "slab": 1, "resume": True, "epochs": 2}), train, val
+        )

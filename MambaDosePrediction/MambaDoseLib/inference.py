@@ -23,11 +23,19 @@ anterior-posterior symmetric. Pass :data:`FOUR_FLIPS` for all four in-plane flip
 of axis 1, the channel pairs in ``swap_channels`` (e.g. right and left parotid masks) are exchanged
 so the flipped input still describes a plausible patient (see :func:`lr_swap_pairs`).
 
+Slab models (``MambaUNetConfig.slab`` = k > 1, axial view only) take k consecutive slices at a
+time: the range of slices wanted is covered by windows of k consecutive slices at stride
+``max(1, k // 2)`` (the last window ending at the range's end; a range shorter than k is widened
+within the volume, and a volume of fewer than k slices repeats its last slice), and each slice's
+output is the mean over the windows that hold it (:func:`slab_windows`,
+:func:`predict_in_slabs`; training's validation uses the same two).
+
 The predicted dose is a model prediction for research, not a deliverable plan.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -170,6 +178,78 @@ def _slice_multiple(model: torch.nn.Module) -> int:
     return 2**levels if isinstance(levels, int) else 1
 
 
+def model_slab(model: torch.nn.Module) -> int:
+    """Consecutive slices the model takes together (``model.config.slab``; 1 when absent)."""
+    slab = getattr(getattr(model, "config", None), "slab", 1)
+    if not isinstance(slab, int) or isinstance(slab, bool) or slab < 1:
+        raise ValueError(f"model config: slab must be a positive integer, got {slab!r}")
+    return slab
+
+
+def check_slab_views(model: torch.nn.Module, views: Sequence[str]) -> None:
+    """InputError when a slab model (:func:`model_slab` > 1) is asked for views other than axial
+    alone: its slabs are consecutive axial slices."""
+    slab = model_slab(model)
+    if slab > 1 and tuple(views) != ("axial",):
+        raise InputError(
+            f"a slab model (slab={slab}: consecutive axial slices scanned together) predicts the "
+            f"axial view only, not {', '.join(views)}"
+        )
+
+
+def slab_windows(index: np.ndarray, n: int, k: int) -> np.ndarray:
+    """First slices (int64, ascending) of the windows of ``k`` consecutive slices that cover the
+    slices ``index`` (ascending; empty: no window) of an axis of ``n`` slices.
+
+    The range ``[index[0], index[-1]]`` is widened to ``k`` slices when shorter (about evenly on
+    both sides, kept within ``max(n, k)`` slices: with ``n < k`` the windows reach past the last
+    slice, which the caller repeats), then covered at stride ``max(1, k // 2)`` with the last
+    window ending at the range's end.
+    """
+    if len(index) == 0:
+        return np.zeros(0, np.int64)
+    lo, hi = int(index[0]), int(index[-1])
+    if hi - lo + 1 < k:
+        lo = max(0, min(lo - (k - (hi - lo + 1)) // 2, max(n, k) - k))
+        hi = lo + k - 1
+    starts = list(range(lo, hi - k + 2, max(1, k // 2)))
+    if starts[-1] != hi - k + 1:
+        starts.append(hi - k + 1)
+    return np.asarray(starts, np.int64)
+
+
+def predict_in_slabs(
+    out: np.ndarray,
+    run: Callable[[np.ndarray], np.ndarray],
+    index: np.ndarray,
+    k: int,
+    batch_size: int,
+) -> np.ndarray:
+    """Fill ``out`` (n, h, w) with a slab model's outputs over the windows of :func:`slab_windows`
+    for the slices ``index``, each slice the mean over the windows that hold it (uniform weights);
+    slices no window holds are left as they are. ``run(slices)`` takes the slice numbers of whole
+    windows, window after window (int64 (m,), m a multiple of ``k``, in ``[0, n)``: past the last
+    slice the last one is repeated) and returns their outputs (m, h, w); it is called with
+    ``max(1, batch_size // k)`` windows at a time. Returns ``out``."""
+    n = out.shape[0]
+    starts = slab_windows(index, n, k)
+    if starts.size == 0:
+        return out
+    total = np.zeros((max(n, k), *out.shape[1:]), np.float32)
+    count = np.zeros(max(n, k), np.float32)
+    per_call = max(1, batch_size // k)
+    for b0 in range(0, starts.size, per_call):
+        group = starts[b0 : b0 + per_call]
+        slices = (group[:, None] + np.arange(k)).reshape(-1)
+        y = run(np.minimum(slices, n - 1))  # (m, h, w)
+        for j, start in enumerate(group):
+            total[start : start + k] += y[j * k : (j + 1) * k]
+            count[start : start + k] += 1.0
+    held = count[:n] > 0
+    out[held] = total[:n][held] / count[:n][held, None, None]
+    return out
+
+
 def predict_volume(
     model: torch.nn.Module,
     features: np.ndarray,
@@ -200,12 +280,19 @@ def predict_volume(
     called after each batch, counting the slices computed; ``cancel()`` is checked before each
     batch and raises :class:`PredictionCancelled` when it returns True. Returns float32 (I, J, K)
     dose in Gy, clipped at 0 (a dose is never negative).
+
+    A slab model (``model.config.slab`` = k > 1, :func:`model_slab`) predicts axial slices only
+    (InputError for other views) in windows of k consecutive slices (module docstring): the range
+    from the first to the last wanted slice is computed, each slice as often as windows hold it
+    (the count ``progress`` reports), ``batch_size // k`` windows (at least one) per batch.
     """
     if features.ndim != 4:
         raise InputError(f"features must be (C, I, J, K), got shape {features.shape}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     views = check_views(views)
+    check_slab_views(model, views)
+    slab = model_slab(model)
     flips = _check_flips(tta_flips) if tta else ((),)
     if denormalise is None:
         from .features import denormalise_dose as denormalise
@@ -227,8 +314,35 @@ def predict_volume(
             return np.arange(features.shape[1 + VIEWS[view]])
         return slices_with_voxels(np.flip(within, axis=list(flip)) if flip else within, view)
 
-    total_slices = len(flips) * sum(len(wanted(v, ())) for v in views)  # a flip keeps the count
+    def computed(view: str) -> int:
+        """Slices the model computes for ``view`` (a flip keeps the count)."""
+        index = wanted(view, ())
+        if slab == 1:
+            return len(index)
+        return slab * len(slab_windows(index, features.shape[1 + VIEWS[view]], slab))
+
+    total_slices = len(flips) * sum(computed(v) for v in views)
     done = 0
+
+    def run(slices: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """The model on ``slices[rows]`` ((N, C, h, w) slices) -> (len(rows), h, w) normalised dose."""
+        nonlocal done
+        if cancel is not None and cancel():
+            raise PredictionCancelled(f"prediction cancelled after {done} of {total_slices} slices")
+        h, w = slices.shape[2:]
+        pad = ((0, 0), (0, 0), (0, -h % multiple), (0, -w % multiple))
+        batch = np.ascontiguousarray(slices[rows], np.float32)
+        if any(p[1] for p in pad):
+            batch = np.pad(batch, pad, mode="edge")
+        x = torch.from_numpy(batch).to(device, non_blocking=True)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_autocast):
+            y = model(x)  # (B, 1, H', W')
+        result = y.float()[:, 0, :h, :w].cpu().numpy()
+        done += len(rows)
+        if progress is not None:
+            progress(done, total_slices)
+        return result
+
     total = np.zeros(features.shape[1:], np.float32)  # (I, J, K), normalised
     with torch.inference_mode():
         for flip in flips:
@@ -237,24 +351,13 @@ def predict_volume(
                 slices = to_slices(volume, view)  # (N, C, H, W), a view of the array
                 n, _, h, w = slices.shape
                 index = wanted(view, flip)
-                pad = ((0, 0), (0, 0), (0, -h % multiple), (0, -w % multiple))
                 out = np.zeros((n, h, w), np.float32)
-                for b0 in range(0, len(index), batch_size):
-                    if cancel is not None and cancel():
-                        raise PredictionCancelled(
-                            f"prediction cancelled after {done} of {total_slices} slices"
-                        )
-                    rows = index[b0 : b0 + batch_size]
-                    batch = np.ascontiguousarray(slices[rows], np.float32)
-                    if any(p[1] for p in pad):
-                        batch = np.pad(batch, pad, mode="edge")
-                    x = torch.from_numpy(batch).to(device, non_blocking=True)
-                    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_autocast):
-                        y = model(x)  # (B, 1, H', W')
-                    out[rows] = y.float()[:, 0, :h, :w].cpu().numpy()
-                    done += len(rows)
-                    if progress is not None:
-                        progress(done, total_slices)
+                if slab == 1:
+                    for b0 in range(0, len(index), batch_size):
+                        rows = index[b0 : b0 + batch_size]
+                        out[rows] = run(slices, rows)
+                else:
+                    predict_in_slabs(out, functools.partial(run, slices), index, slab, batch_size)
                 pred = from_slices(out, view)
                 total += np.flip(pred, axis=list(flip)) if flip else pred
     mean = total / np.float32(len(flips) * len(views))

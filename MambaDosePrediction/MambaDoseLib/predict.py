@@ -408,6 +408,7 @@ def predict_dose(
     torch_device = inference.resolve_device(device)
     model, card = weights.load_model(path, device=str(torch_device))
     views = inference.card_views(card) if views is None else inference.check_views(views)
+    inference.check_slab_views(model, views)
     timings["load_model"] = time.perf_counter() - t
 
     t = time.perf_counter()

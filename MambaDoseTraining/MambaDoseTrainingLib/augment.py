@@ -26,6 +26,9 @@ transform, so the network always sees a consistent patient:
 
 The random parameters (a few numbers per sample) are drawn from a CPU generator, so that the
 augmentation never makes the host wait for the GPU; only the pixels are touched on the device.
+With ``group`` = k > 1 (slab training: each run of k consecutive samples is a slab of k
+neighbouring slices) one set of parameters is drawn per group and shared by its k samples, so a
+slab is flipped, rotated, scaled and shifted as one 3D block.
 
 Conventions of the transform (pixel units, about the slice centre, ``x`` = column ``j``,
 ``y`` = row ``i``): a point ``q = (x, y)`` of the input moves to ``scale * R(angle) @ q + shift``
@@ -143,6 +146,7 @@ def augment_batch(
     generator: torch.Generator,
     channels: tuple[str, ...] | list[str] | None = None,
     lr_in_plane: torch.Tensor | None = None,
+    group: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Augment a batch jointly.
 
@@ -154,23 +158,33 @@ def augment_batch(
     channels: names of the C input channels (for the left/right channel swap); None = no swap.
     lr_in_plane: CPU bool (B,), whether each sample's columns run right -> left (axial and coronal
     slices; default all True); where False the left-right mirror only swaps channels.
+    group: the parameters are drawn once per run of ``group`` consecutive samples (B a multiple
+    of it) and shared within the run; 1 draws them per sample.
     Returns the three tensors transformed identically (same shapes and dtypes).
     """
     b, c, h, w = inputs.shape
+    if group < 1 or b % group:
+        raise ValueError(f"augment_batch: batch of {b} is not a whole number of groups of {group}")
     stack = torch.cat([inputs, target, weight], dim=1)  # (B, C + 2, H, W)
 
     # the same number of draws whatever the probabilities: reproducible streams
-    flip_lr = _coin(b, config.flip_lr_p, generator)
-    flip_ap = _coin(b, config.flip_ap_p, generator)
-    rotate = _coin(b, config.rotate_p, generator)
-    scale_on = _coin(b, config.scale_p, generator)
-    shift_on = _coin(b, config.shift_p, generator)
+    n = b // group  # independent draws
+    flip_lr = _coin(n, config.flip_lr_p, generator)
+    flip_ap = _coin(n, config.flip_ap_p, generator)
+    rotate = _coin(n, config.rotate_p, generator)
+    scale_on = _coin(n, config.scale_p, generator)
+    shift_on = _coin(n, config.shift_p, generator)
     max_angle = math.radians(config.rotate_deg)
-    angle = torch.where(rotate, _uniform(b, -max_angle, max_angle, generator), 0.0)
-    log_s = _uniform(b, math.log(config.scale_min), math.log(config.scale_max), generator)
+    angle = torch.where(rotate, _uniform(n, -max_angle, max_angle, generator), 0.0)
+    log_s = _uniform(n, math.log(config.scale_min), math.log(config.scale_max), generator)
     scale = torch.where(scale_on, torch.exp(log_s), 1.0)
-    shift = torch.rand(b, 2, generator=generator) * 2.0 - 1.0
+    shift = torch.rand(n, 2, generator=generator) * 2.0 - 1.0
     shift = torch.where(shift_on[:, None], shift * config.shift_frac * torch.tensor([w, h]), 0.0)
+    if group > 1:  # one draw per group, repeated for its samples
+        flip_lr, flip_ap, rotate, scale_on, shift_on, angle, scale, shift = (
+            t.repeat_interleave(group, dim=0)
+            for t in (flip_lr, flip_ap, rotate, scale_on, shift_on, angle, scale, shift)
+        )
 
     perm = lr_swap_permutation(channels) if (channels and config.swap_lr_channels) else None
     order = None if perm is None else perm + [c, c + 1]

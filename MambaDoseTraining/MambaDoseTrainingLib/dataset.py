@@ -19,6 +19,9 @@ Data path (chosen so that the GPU never waits for data):
    fewer), so a patient with many slices weighs no more than one with few; the epoch is then
    shuffled. One ``torch.Generator`` seeded by (seed, epoch) makes the order reproducible and
    identical on every rank of a multi-GPU run, which then takes its ``rank::world`` share.
+   Slab training (``mambadose train --slab K``) draws slabs of K consecutive kept slices of one
+   patient instead (``balanced_epoch_slabs``, starts found by ``slab_starts``); the ranks share
+   the epoch slab by slab.
 """
 
 from __future__ import annotations
@@ -428,7 +431,73 @@ def balanced_epoch_indices(
     return rows[torch.randperm(rows.numel(), generator=generator)]
 
 
+def slab_starts(
+    patient_index: torch.Tensor, slice_index: torch.Tensor, view_index: torch.Tensor, k: int
+) -> torch.Tensor:
+    """Rows ``r`` that start a slab of ``k`` consecutive slices: rows ``r .. r+k-1`` belong to one
+    patient and one view and their ``slice_index`` runs ``s, s+1, ..., s+k-1`` (CPU int64,
+    ascending). Rows are a :class:`SliceSet`'s (per patient, per view, in slice order); a gap
+    between kept slices or a patient or view boundary ends a run. ``k = 1``: every row."""
+    if k < 1:
+        raise ValueError(f"slab size must be >= 1, got {k}")
+    patient, slice_, view = (t.cpu() for t in (patient_index, slice_index, view_index))
+    n = patient.numel()
+    if k == 1:
+        return torch.arange(n)
+    if n < k:
+        return torch.zeros(0, dtype=torch.int64)
+    # step r -> r+1 stays within one run of consecutive slices
+    step = (patient[1:] == patient[:-1]) & (view[1:] == view[:-1]) & (slice_[1:] - slice_[:-1] == 1)
+    whole = step.unfold(0, k - 1, 1).all(dim=1)  # (n - k + 1,): steps r .. r+k-2 all inside
+    return torch.nonzero(whole).squeeze(1)
+
+
+def balanced_epoch_slabs(
+    patient_index: torch.Tensor,
+    slice_index: torch.Tensor,
+    view_index: torch.Tensor,
+    n_patients: int,
+    k: int,
+    generator: torch.Generator,
+    per_patient: int | None = None,
+) -> torch.Tensor:
+    """Row numbers for one epoch in whole slabs of ``k`` consecutive slices (CPU int64): rows
+    ``k*i .. k*i+k-1`` are slab ``i``, its slices in order.
+
+    Like :func:`balanced_epoch_indices` with slabs for slices: ``per_patient`` slabs of every
+    patient that has one (default ``ceil(N / (P * k))``, so an epoch has about N rows), drawn in a
+    fresh random order of the patient's slab starts (:func:`slab_starts`; overlapping slabs are
+    distinct starts), cycled when it has fewer; the slabs are then shuffled. ``k = 1`` is
+    :func:`balanced_epoch_indices` itself (same draws from ``generator``).
+    """
+    if k == 1:
+        return balanced_epoch_indices(patient_index, n_patients, generator, per_patient)
+    patient_index = patient_index.cpu()
+    n = patient_index.numel()
+    if per_patient is None:
+        per_patient = max(1, math.ceil(n / (max(1, n_patients) * k)))
+    starts = slab_starts(patient_index, slice_index, view_index, k)
+    owner = patient_index[starts]
+    starts = starts[torch.argsort(owner, stable=True)]  # grouped by patient
+    counts = torch.bincount(owner, minlength=n_patients)
+    first = torch.cumsum(counts, 0) - counts
+    chosen = []
+    for p in range(n_patients):
+        count = int(counts[p])
+        if count == 0:
+            continue
+        repeats = math.ceil(per_patient / count)
+        draws = torch.cat([torch.randperm(count, generator=generator) for _ in range(repeats)])
+        chosen.append(starts[int(first[p]) + draws[:per_patient]])
+    if not chosen:
+        return torch.zeros(0, dtype=torch.int64)
+    slabs = torch.cat(chosen)
+    slabs = slabs[torch.randperm(slabs.numel(), generator=generator)]
+    return (slabs[:, None] + torch.arange(k)).reshape(-1)
+
+
 def shard_indices(rows: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
-    """This rank's share of an epoch (``rank::world``), trimmed so every rank gets as many."""
-    usable = (rows.numel() // world_size) * world_size
+    """This rank's share of an epoch (``rank::world``), trimmed so every rank gets as many.
+    ``rows`` (N,), or (N, k) for slabs: the share is taken along the first dimension."""
+    usable = (rows.shape[0] // world_size) * world_size
     return rows[:usable][rank::world_size]

@@ -31,6 +31,12 @@ built. Validation stays comparable with runs on the native grids: the dose predi
 resampled grid goes back to each patient's own grid (``spacing.resample_dose_back``), is zeroed
 outside the native possible-dose mask and is scored against the native reference. The model card
 records ``"inplane_spacing_mm"``, so prediction (``inference.predict_patient``) does the same.
+
+Slab mode (``--slab K``, ``MambaUNetConfig.slab``; axial view only): every batch is made of slabs
+of K consecutive kept slices of one patient (``dataset.balanced_epoch_slabs``), augmented as one
+block each, the ranks of a multi-GPU run sharing the epoch slab by slab; the network's token
+mixers scan each slab as one sequence. Validation predicts each patient in windows of K
+consecutive slices as prediction does (``inference.predict_in_slabs``).
 """
 
 from __future__ import annotations
@@ -60,9 +66,11 @@ from .dataset import (
     CHANNEL_PRESETS,
     SliceSet,
     balanced_epoch_indices,
+    balanced_epoch_slabs,
     channels_for_preset,
     prepare_slice_set,
     shard_indices,
+    slab_starts,
 )
 
 if TYPE_CHECKING:
@@ -100,8 +108,9 @@ class TrainConfig:
     """Everything a training run needs; plain values only (JSON-able, stored in checkpoints).
 
     Model: ``mixer``, ``mixer_min_level``, ``scan_directions``, ``d_state``, ``model_channels``
-    (UNet widths) and ``model_options`` (any other ``MambaUNetConfig`` field) go to
-    ``MambaUNetConfig``; None = the model's default.
+    (UNet widths), ``slab`` (consecutive axial slices whose tokens each mixer scans together;
+    ``batch_size`` a multiple of it, axial view only) and ``model_options`` (any other
+    ``MambaUNetConfig`` field) go to ``MambaUNetConfig``; None = the model's default.
     Data: ``channels`` is a preset ("2d", "2.5d") or a comma-separated list of channel names;
     ``views`` the comma-separated slice orientations trained on (``inference.VIEWS``; the model
     card keeps them and prediction averages over them).
@@ -133,6 +142,7 @@ class TrainConfig:
     scan_directions: int | None = None
     d_state: int | None = None
     model_channels: list[int] | None = None
+    slab: int = 1
     model_options: dict[str, Any] = field(default_factory=dict)
     batch_size: int = 32
     epochs: int = 100
@@ -204,6 +214,7 @@ class TrainConfig:
             scan_directions=args.scan_directions,
             d_state=args.d_state,
             model_channels=list(args.model_channels) if args.model_channels else None,
+            slab=args.slab,
             model_options=dict(args.model_option or {}),
             batch_size=args.batch_size,
             epochs=args.epochs,
@@ -242,6 +253,7 @@ class TrainConfig:
             "val_every": self.val_every,
             "val_batch_size": self.val_batch_size,
             "patience": self.patience,
+            "slab": self.slab,
         }
         for name, value in positive.items():
             if value < 1:
@@ -266,7 +278,16 @@ class TrainConfig:
             raise InputError(f"--compile-mode {self.compile_mode!r} is not one of {', '.join(COMPILE_MODES)}")
         if self.compile_mode != "default" and not self.compile:
             raise InputError(f"--compile-mode {self.compile_mode} needs --compile")
-        self.view_names()
+        views = self.view_names()
+        if "slab" in self.model_options:
+            raise InputError("the slab size is set by --slab, not --model-option slab=...")
+        if self.batch_size % self.slab:
+            raise InputError(
+                f"--batch-size {self.batch_size} is not a multiple of --slab {self.slab} "
+                "(a batch is made of whole slabs)"
+            )
+        if self.slab > 1 and views != ("axial",):
+            raise InputError(f"--slab {self.slab} works on axial slices only, not --views {self.views}")
 
     @property
     def cudagraphs(self) -> bool:
@@ -612,6 +633,7 @@ def build_model_config(cfg: TrainConfig, in_channels: int):
         "scan_directions": cfg.scan_directions,
         "d_state": cfg.d_state,
         "channels": tuple(cfg.model_channels) if cfg.model_channels else None,
+        "slab": cfg.slab,
     }
     kwargs.update({k: v for k, v in optional.items() if v is not None})
     if cfg.compile:
@@ -710,6 +732,19 @@ def _ptv_summary(
     return {"D95": float(m["D95"]), "HI": float(m["HI"]), "rx": float(prescription_gy)}
 
 
+def _forward_slices(
+    model: torch.nn.Module, features: torch.Tensor, device: torch.device, channels_last: bool
+) -> torch.Tensor:
+    """The model on a batch of slices (B, C, H, W) -> float32 (B, H, W) normalised, on the CPU.
+    Same autocast choice as ``inference.predict_volume`` (bf16 on CUDA)."""
+    x = features.to(device).float()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        y = model(x)
+    return y.float()[:, 0].cpu()
+
+
 def predict_rows(
     model: torch.nn.Module, features: torch.Tensor, batch_size: int, device: torch.device, channels_last: bool
 ) -> torch.Tensor:
@@ -719,12 +754,49 @@ def predict_rows(
     out = torch.empty(features.shape[0], *features.shape[2:], dtype=torch.float32)
     with torch.inference_mode():
         for start in range(0, features.shape[0], batch_size):
-            x = features[start : start + batch_size].to(device).float()
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                y = model(x)
-            out[start : start + x.shape[0]] = y.float()[:, 0].cpu()
+            y = _forward_slices(model, features[start : start + batch_size], device, channels_last)
+            out[start : start + y.shape[0]] = y
+    return out
+
+
+def predict_rows_in_slabs(
+    model: torch.nn.Module,
+    data: SliceSet,
+    refs: Sequence[ValReference],
+    slab: int,
+    batch_size: int,
+    device: torch.device,
+    channels_last: bool,
+) -> torch.Tensor:
+    """Like :func:`predict_rows` for a slab model (axial rows only): each patient is predicted as
+    ``inference.predict_volume`` predicts it, in windows of ``slab`` consecutive slices over the
+    range of its kept slices (``inference.predict_in_slabs``), each row the mean over the windows
+    that hold it. The axis length comes from ``refs`` (the grid the slices were built on). A
+    window slice that is not a kept row (a gap in the possible-dose mask, or a range of fewer than
+    ``slab`` kept slices widened) takes the features of the next kept slice (the last one past
+    the end), where prediction would read the volume's own slice."""
+    from MambaDoseLib.inference import predict_in_slabs
+
+    model.eval()
+    out = torch.empty(len(data), *data.features.shape[2:], dtype=torch.float32)
+    patient_index = data.patient_index.cpu().numpy()
+    slice_index = data.slice_index.cpu().numpy()
+    with torch.inference_mode():
+        for number, ref in enumerate(refs):
+            rows = np.flatnonzero(patient_index == number)  # in slice order
+            if rows.size == 0:
+                continue
+            kept = slice_index[rows]
+            n = (ref.dose_gy.shape if ref.inplane is None else ref.inplane.resampled_shape)[2]
+
+            def run(slices: np.ndarray, rows=rows, kept=kept) -> np.ndarray:
+                nearest = rows[np.minimum(np.searchsorted(kept, slices), kept.size - 1)]
+                picked = torch.from_numpy(nearest).to(data.features.device)
+                return _forward_slices(model, data.features[picked], device, channels_last).numpy()
+
+            volume = np.zeros((n, *data.features.shape[2:]), np.float32)
+            predict_in_slabs(volume, run, kept, slab, batch_size)
+            out[torch.from_numpy(rows)] = torch.from_numpy(volume[kept])
     return out
 
 
@@ -779,9 +851,15 @@ def validate(
     device: torch.device,
 ) -> dict[str, float]:
     """Per-patient 3D dose score and DVH scores of ``model`` on the validation set, then means."""
+    from MambaDoseLib.inference import model_slab
     from MambaDoseLib.metrics import dose_score, dvh_score, dvh_score_pooled, openkbp_dvh_metrics
 
-    rows = predict_rows(model, data.features, cfg.val_batch_size, device, cfg.channels_last).numpy()
+    slab = model_slab(model)
+    if slab == 1:
+        rows = predict_rows(model, data.features, cfg.val_batch_size, device, cfg.channels_last)
+    else:
+        rows = predict_rows_in_slabs(model, data, refs, slab, cfg.val_batch_size, device, cfg.channels_last)
+    rows = rows.numpy()
     patient_index = data.patient_index.cpu().numpy()
     slice_index = data.slice_index.cpu().numpy()
     view_index = data.view_index.cpu().numpy()
@@ -950,16 +1028,52 @@ def _cached_ids(cache_dir: str, option: str) -> list[str]:
     return ids
 
 
-def epoch_plan(n_rows: int, n_patients: int, cfg: TrainConfig, world_size: int) -> tuple[int, int]:
-    """(rows drawn per epoch before sharding, optimiser steps per epoch on each rank)."""
-    per_patient = max(1, math.ceil(n_rows / max(1, n_patients)))
-    drawn = per_patient * n_patients
+def epoch_plan(
+    n_rows: int, n_patients: int, cfg: TrainConfig, world_size: int, slab_patients: int | None = None
+) -> tuple[int, int]:
+    """(rows drawn per epoch before sharding, optimiser steps per epoch on each rank).
+
+    With ``cfg.slab`` = k > 1 the epoch is ``ceil(n_rows / (n_patients * k))`` slabs of each of
+    the ``slab_patients`` patients that have one (default all), as ``balanced_epoch_slabs`` draws
+    it; the rows drawn are whole slabs (a multiple of k) and every rank gets whole slabs."""
+    k = cfg.slab
+    if k == 1:
+        per_patient = max(1, math.ceil(n_rows / max(1, n_patients)))
+        drawn = per_patient * n_patients
+    else:
+        per_patient = max(1, math.ceil(n_rows / (max(1, n_patients) * k)))
+        drawn = per_patient * (n_patients if slab_patients is None else slab_patients) * k
     if cfg.slices_per_epoch:
-        drawn = min(drawn, cfg.slices_per_epoch)
-    per_rank = drawn // world_size
+        drawn = min(drawn, cfg.slices_per_epoch) // k * k
+    per_rank = drawn // k // world_size * k
     if per_rank < 1:
-        raise InputError(f"an epoch of {drawn} slices cannot be shared by {world_size} ranks")
+        what = "slices" if k == 1 else f"slices (slabs of {k})"
+        raise InputError(f"an epoch of {drawn} {what} cannot be shared by {world_size} ranks")
     return drawn, max(1, per_rank // cfg.batch_size)
+
+
+def check_slabs(train: SliceSet, k: int, log_warnings: bool = True) -> int:
+    """Number of training patients with at least one slab of ``k`` consecutive kept slices
+    (``dataset.slab_starts``); a warning names those without one (they are not trained on), an
+    InputError when none has one."""
+    starts = slab_starts(train.patient_index, train.slice_index, train.view_index, k)
+    counts = torch.bincount(train.patient_index.cpu()[starts], minlength=len(train.patient_ids))
+    missing = [pid for pid, c in zip(train.patient_ids, counts.tolist(), strict=True) if c == 0]
+    if len(missing) == len(train.patient_ids):
+        raise InputError(
+            f"--slab {k}: no training patient has {k} consecutive slices with possible-dose voxels"
+        )
+    if missing and log_warnings:
+        log.warning(
+            "--slab %d: %d of %d training patients have fewer than %d consecutive slices with "
+            "possible-dose voxels and are not trained on: %s",
+            k,
+            len(missing),
+            len(train.patient_ids),
+            k,
+            ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""),
+        )
+    return len(train.patient_ids) - len(missing)
 
 
 def run_training(
@@ -1099,7 +1213,10 @@ def _train(
     eval_model = raw_model if ema is None else ema.module
     after_step = None if ema is None else (lambda: ema.update_parameters(raw_model))
 
-    drawn, steps_per_epoch = epoch_plan(len(data.train), len(data.train.patient_ids), cfg, rt.world_size)
+    slab_patients = check_slabs(data.train, cfg.slab, rt.is_main) if cfg.slab > 1 else None
+    drawn, steps_per_epoch = epoch_plan(
+        len(data.train), len(data.train.patient_ids), cfg, rt.world_size, slab_patients
+    )
     optimizer = torch.optim.AdamW(
         parameter_groups(raw_model, cfg.weight_decay), lr=cfg.lr, fused=device.type == "cuda"
     )
@@ -1121,11 +1238,12 @@ def _train(
         )
     n_params = sum(p.numel() for p in raw_model.parameters())
     log.info(
-        "model: %s, %.2f M parameters; %d steps of %d slices per epoch on %d rank(s); %s",
+        "model: %s, %.2f M parameters; %d steps of %d slices%s per epoch on %d rank(s); %s",
         cfg.mixer,
         n_params / 1e6,
         steps_per_epoch,
         cfg.batch_size,
+        f" (slabs of {cfg.slab})" if cfg.slab > 1 else "",
         rt.world_size,
         torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
     )
@@ -1279,8 +1397,19 @@ def train_one_epoch(
     train = data.train
     model.train()
     order_gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))
-    rows = balanced_epoch_indices(train.patient_index, len(train.patient_ids), order_gen)[:drawn]
-    rows = shard_indices(rows, rt.rank, rt.world_size)
+    if cfg.slab == 1:
+        rows = balanced_epoch_indices(train.patient_index, len(train.patient_ids), order_gen)[:drawn]
+        rows = shard_indices(rows, rt.rank, rt.world_size)
+    else:  # whole slabs of cfg.slab consecutive rows, shared slab by slab
+        rows = balanced_epoch_slabs(
+            train.patient_index,
+            train.slice_index,
+            train.view_index,
+            len(train.patient_ids),
+            cfg.slab,
+            order_gen,
+        )[:drawn]
+        rows = shard_indices(rows.view(-1, cfg.slab), rt.rank, rt.world_size).reshape(-1)
     # per row: is the left-right axis in the slice plane (else the mirror only swaps channels)
     in_plane = torch.tensor([lr_in_plane(v) for v in train.views])[train.view_index.cpu()[rows]]
     rows = rows.to(device)
@@ -1322,7 +1451,7 @@ def train_one_epoch(
         y = train.dose[idx].float().unsqueeze(1)  # (B, 1, H, W)
         w = train.mask[idx].float().unsqueeze(1)  # (B, 1, H, W)
         lr = in_plane[step * batch : (step + 1) * batch]
-        x, y, w = augment_batch(x, y, w, cfg.augment, aug_gen, data.channels, lr_in_plane=lr)
+        x, y, w = augment_batch(x, y, w, cfg.augment, aug_gen, data.channels, lr_in_plane=lr, group=cfg.slab)
         roi_masks = None
         if dvh_idx is not None:  # structure voxels that can carry dose (the reference is 0 elsewhere)
             roi_masks = roi_masks_from_indices(x, *dvh_idx) & (w > 0.5)

@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     model_path = weights.model_path_from_arg(args.model)
     model, card = weights.load_model(model_path, device=device)
     views = inference.parse_views(args.views) if args.views else inference.card_views(card)
+    inference.check_slab_views(model, views)
     log.info(
         "model %s on device %s (%s), views %s", model_path, device, _device_name(device), ",".join(views)
     )

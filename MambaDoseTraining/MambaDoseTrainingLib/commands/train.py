@@ -96,6 +96,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     model.add_argument("--d-state", type=int, default=None, help="Mamba-2 state size")
     model.add_argument(
+        "--slab",
+        type=int,
+        default=1,
+        metavar="K",
+        help="slab mode: batches of K consecutive axial slices of one patient whose tokens every "
+        "mixer scans as one sequence (context along the slice axis; --batch-size a multiple of K, "
+        "axial view only; prediction runs windows of K slices); default 1, each slice on its own",
+    )
+    model.add_argument(
         "--model-channels", type=_int_list, default=None, help="UNet widths, e.g. 32,64,128,256"
     )
     model.add_argument("--backend", default=None, help="Mamba-2 scan backend (auto | torch | triton)")
