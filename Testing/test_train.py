@@ -779,6 +779,8 @@ def test_slab_options_are_checked_parsed_and_default_for_older_configs(tmp_path)
         _config(tmp_path, slab=0).check()
     with pytest.raises(InputError, match="set by --slab"):
         _config(tmp_path, model_options={"slab": 2}).check()
+    with pytest.raises(InputError, match="--slices-per-epoch 3 is less than one slab of --slab 4"):
+        _config(tmp_path, slab=4, batch_size=8, slices_per_epoch=3).check()
     _config(tmp_path, slab=4, batch_size=8).check()
     assert build_model_config(_config(tmp_path, slab=4), 20).slab == 4
     assert build_model_config(_config(tmp_path), 20).slab == 1

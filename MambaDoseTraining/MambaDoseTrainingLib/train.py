@@ -286,6 +286,11 @@ class TrainConfig:
                 f"--batch-size {self.batch_size} is not a multiple of --slab {self.slab} "
                 "(a batch is made of whole slabs)"
             )
+        if self.slices_per_epoch is not None and self.slices_per_epoch < self.slab:
+            raise InputError(
+                f"--slices-per-epoch {self.slices_per_epoch} is less than one slab of --slab {self.slab} "
+                "slices: an epoch draws whole slabs"
+            )
         if self.slab > 1 and views != ("axial",):
             raise InputError(f"--slab {self.slab} works on axial slices only, not --views {self.views}")
 
