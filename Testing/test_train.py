@@ -751,6 +751,29 @@ def test_balanced_epoch_slabs_draw_whole_slabs_equally_and_k1_is_the_slice_epoch
     assert not torch.equal(patient[firsts], patient[firsts].sort().values)
 
 
+@pytest.mark.parametrize("length, k", [(20, 8), (33, 16), (9, 4), (8, 8), (40, 32)])
+def test_balanced_epoch_slabs_train_on_every_slice_about_equally(length, k):
+    """Slabs tile each run from a random offset: over many epochs no slice of a run is in fewer
+    slabs than the inner ones (starts drawn uniformly would put the run's first slice in one slab
+    out of length - k + 1, an inner one in k), and none in more than twice as many."""
+    from MambaDoseTrainingLib.dataset import balanced_epoch_slabs
+
+    patient = torch.tensor([0] * length + [1] * length)
+    slice_ = torch.cat([torch.arange(length), torch.arange(length) + 50])
+    view = torch.zeros(2 * length, dtype=torch.long)
+    gen = torch.Generator().manual_seed(3)
+    counts = torch.zeros(2 * length)
+    for _ in range(400):
+        rows = balanced_epoch_slabs(patient, slice_, view, 2, k, gen)
+        slabs = rows.view(-1, k)
+        assert all(s.tolist() == list(range(int(s[0]), int(s[0]) + k)) for s in slabs)
+        assert (patient[slabs] == patient[slabs[:, :1]]).all()  # never across the patients
+        counts += torch.bincount(rows, minlength=2 * length)
+    for p in range(2):
+        c = counts[p * length : (p + 1) * length]
+        assert c.min() > 0.0 and c.max() / c.min() <= 2.0 + 0.25, c.tolist()
+
+
 def test_slab_epoch_plan_and_shards_keep_slabs_whole(tmp_path):
     from MambaDoseTrainingLib.train import epoch_plan
 

@@ -20,8 +20,9 @@ Data path (chosen so that the GPU never waits for data):
    shuffled. One ``torch.Generator`` seeded by (seed, epoch) makes the order reproducible and
    identical on every rank of a multi-GPU run, which then takes its ``rank::world`` share.
    Slab training (``mambadose train --slab K``) draws slabs of K consecutive kept slices of one
-   patient instead (``balanced_epoch_slabs``, starts found by ``slab_starts``); the ranks share
-   the epoch slab by slab.
+   patient instead (``balanced_epoch_slabs``: each patient's runs of consecutive kept slices tiled
+   from a random offset, so every slice is about equally likely; runs found by ``slab_starts``); the
+   ranks share the epoch slab by slab.
 """
 
 from __future__ import annotations
@@ -452,6 +453,20 @@ def slab_starts(
     return torch.nonzero(whole).squeeze(1)
 
 
+def _tiling_pass(runs: list[tuple[int, int]], k: int, generator: torch.Generator) -> torch.Tensor:
+    """One pass of slab starts over a patient's runs of consecutive kept slices: each run (rows
+    ``a .. b``, at least ``k`` of them) is tiled by slabs of ``k`` from a random offset, the partial
+    slabs at its two ends moved inside it, so every slice of the run is in one or (within ``k`` of
+    an end) two slabs of the pass; the pass's slabs in random order."""
+    starts = []
+    for a, b in runs:
+        offset = int(torch.randint(0, k, (1,), generator=generator))
+        tiles = torch.arange(a - offset, b + 1, k).clamp(a, b - k + 1)
+        starts.append(torch.unique(tiles))
+    out = torch.cat(starts)
+    return out[torch.randperm(out.numel(), generator=generator)]
+
+
 def balanced_epoch_slabs(
     patient_index: torch.Tensor,
     slice_index: torch.Tensor,
@@ -465,10 +480,14 @@ def balanced_epoch_slabs(
     ``k*i .. k*i+k-1`` are slab ``i``, its slices in order.
 
     Like :func:`balanced_epoch_indices` with slabs for slices: ``per_patient`` slabs of every
-    patient that has one (default ``ceil(N / (P * k))``, so an epoch has about N rows), drawn in a
-    fresh random order of the patient's slab starts (:func:`slab_starts`; overlapping slabs are
-    distinct starts), cycled when it has fewer; the slabs are then shuffled. ``k = 1`` is
-    :func:`balanced_epoch_indices` itself (same draws from ``generator``).
+    patient that has one (default ``ceil(N / (P * k))``, so an epoch has about N rows), then the
+    slabs of all patients shuffled. A patient's slabs come from passes that tile each of its runs
+    of consecutive kept slices (:func:`slab_starts`) from a random offset (:func:`_tiling_pass`):
+    every slice is about equally likely to be trained on (slices within ``k`` of a run's ends up to
+    twice as often), where starts drawn uniformly would leave the ends of every run in fewer slabs
+    (the first slice in one slab out of ``L - k + 1``, an inner one in ``k``). Passes repeat
+    while the patient needs more slabs. ``k = 1`` is :func:`balanced_epoch_indices` itself (same
+    draws from ``generator``).
     """
     if k == 1:
         return balanced_epoch_indices(patient_index, n_patients, generator, per_patient)
@@ -477,18 +496,24 @@ def balanced_epoch_slabs(
     if per_patient is None:
         per_patient = max(1, math.ceil(n / (max(1, n_patients) * k)))
     starts = slab_starts(patient_index, slice_index, view_index, k)
-    owner = patient_index[starts]
-    starts = starts[torch.argsort(owner, stable=True)]  # grouped by patient
-    counts = torch.bincount(owner, minlength=n_patients)
-    first = torch.cumsum(counts, 0) - counts
+    # runs of valid starts: consecutive start rows belong to one run of consecutive slices
+    breaks = torch.nonzero(starts[1:] - starts[:-1] != 1).squeeze(1) + 1
+    first = torch.cat([torch.zeros(1, dtype=torch.int64), breaks]) if starts.numel() else breaks
+    last = torch.cat([breaks - 1, torch.tensor([starts.numel() - 1])]) if starts.numel() else breaks
+    runs: list[list[tuple[int, int]]] = [[] for _ in range(n_patients)]
+    for i, j in zip(first.tolist(), last.tolist(), strict=True):
+        a, b = int(starts[i]), int(starts[j]) + k - 1  # rows a .. b: the run's slices
+        runs[int(patient_index[a])].append((a, b))
     chosen = []
     for p in range(n_patients):
-        count = int(counts[p])
-        if count == 0:
+        if not runs[p]:
             continue
-        repeats = math.ceil(per_patient / count)
-        draws = torch.cat([torch.randperm(count, generator=generator) for _ in range(repeats)])
-        chosen.append(starts[int(first[p]) + draws[:per_patient]])
+        drawn, count = [], 0
+        while count < per_patient:
+            tiles = _tiling_pass(runs[p], k, generator)
+            drawn.append(tiles)
+            count += tiles.numel()
+        chosen.append(torch.cat(drawn)[:per_patient])
     if not chosen:
         return torch.zeros(0, dtype=torch.int64)
     slabs = torch.cat(chosen)
