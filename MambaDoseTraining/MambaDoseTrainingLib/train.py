@@ -783,7 +783,7 @@ def predict_rows_in_slabs(
     from MambaDoseLib.inference import predict_in_slabs
 
     model.eval()
-    out = torch.empty(len(data), *data.features.shape[2:], dtype=torch.float32)
+    out = torch.zeros(len(data), *data.features.shape[2:], dtype=torch.float32)
     patient_index = data.patient_index.cpu().numpy()
     slice_index = data.slice_index.cpu().numpy()
     with torch.inference_mode():
