@@ -160,6 +160,28 @@ def test_dropout_acts_in_training_only_and_adds_no_parameters() -> None:
     assert MambaUNetConfig.from_dict(old).dropout == 0.0
 
 
+def test_group_norm_replaces_every_batch_norm_and_makes_slices_independent() -> None:
+    torch.manual_seed(6)
+    group = MambaUNetV2(small_config(norm="group")).train()
+    batch = MambaUNetV2(small_config())
+    n_batch = sum(isinstance(m, torch.nn.BatchNorm2d) for m in batch.modules())
+    assert n_batch > 0 and not any(isinstance(m, torch.nn.BatchNorm2d) for m in group.modules())
+    assert sum(isinstance(m, torch.nn.GroupNorm) for m in group.modules()) == n_batch
+    assert all(m.num_groups == 8 for m in group.modules() if isinstance(m, torch.nn.GroupNorm))
+    x = torch.randn(4, 5, 16, 16)
+    with torch.no_grad():  # in training mode a slice's output does not depend on the rest of its batch
+        torch.testing.assert_close(group(x)[:1], group(x[:1]))
+        assert not torch.allclose(batch.train()(x)[:1], batch(x[:1]))  # BatchNorm's does
+    assert MambaUNetConfig.from_dict(group.config.to_dict()).norm == "group"
+    old = batch.config.to_dict()
+    del old["norm"]  # a card written before the field existed
+    assert MambaUNetConfig.from_dict(old).norm == "batch"
+    with pytest.raises(ValueError, match="norm="):
+        small_config(norm="layer")
+    with pytest.raises(ValueError, match="multiple of 8"):
+        small_config(norm="group", channels=(8, 12, 16, 32))
+
+
 def test_set_backend_and_helpers() -> None:
     model = MambaUNetV2(small_config())
     set_backend(model, "torch")

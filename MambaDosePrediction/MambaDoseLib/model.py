@@ -35,6 +35,8 @@ from .mamba2 import BACKENDS, SCAN_DIRECTIONS, Mamba2, Mamba2D
 MIXERS = ("mamba2", "attention", "none")
 DOWNSAMPLES = ("conv", "maxpool")
 SKIPS = ("concat", "add")
+NORMS = ("batch", "group")
+GROUPS = 8  # GroupNorm groups (norm="group"); every width must be a multiple
 
 
 @dataclass
@@ -76,6 +78,7 @@ class MambaUNetConfig:
     grad_checkpoint: bool = False
     dropout: float = 0.0  # channel dropout (Dropout2d) after the conv of each bottleneck / decoder block
     slab: int = 1  # consecutive slices whose tokens each mixer takes as one sequence (module docstring)
+    norm: str = "batch"  # after each conv: BatchNorm2d, or GroupNorm(8 groups) (no batch statistics)
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
@@ -93,6 +96,7 @@ class MambaUNetConfig:
             ("mixer", MIXERS),
             ("downsample", DOWNSAMPLES),
             ("skip", SKIPS),
+            ("norm", NORMS),
             ("backend", BACKENDS),
         ):
             if getattr(self, name) not in allowed:
@@ -116,6 +120,8 @@ class MambaUNetConfig:
                 fail(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             fail(f"dropout must lie in [0, 1), got {self.dropout}")
+        if self.norm == "group" and any(c % GROUPS for c in self.channels):
+            fail(f"norm='group' needs every width a multiple of {GROUPS}, got {self.channels}")
         for c in self.mixer_channels:
             if self.mixer == "mamba2" and (self.expand * c) % self.headdim:
                 fail(f"expand*channels={self.expand * c} is not a multiple of headdim={self.headdim}")
@@ -232,12 +238,12 @@ class MixerResidual(nn.Module):
 # UNet parts
 # --------------------------------------------------------------------------------------------
 class ConvBlock(nn.Sequential):
-    """Conv2d(3x3, no bias) -> BatchNorm -> ReLU; (B, c_in, H, W) -> (B, c_out, H, W)."""
+    """Conv2d(3x3, no bias) -> BatchNorm (or GroupNorm, ``norm="group"``) -> ReLU;
+    (B, c_in, H, W) -> (B, c_out, H, W)."""
 
-    def __init__(self, c_in: int, c_out: int) -> None:
-        super().__init__(
-            nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)
-        )
+    def __init__(self, c_in: int, c_out: int, norm: str = "batch") -> None:
+        layer = nn.BatchNorm2d(c_out) if norm == "batch" else nn.GroupNorm(GROUPS, c_out)
+        super().__init__(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), layer, nn.ReLU(inplace=True))
 
 
 class Block(nn.Module):
@@ -248,7 +254,7 @@ class Block(nn.Module):
         self, c_in: int, c_out: int, cfg: MambaUNetConfig, mixer: bool, dropout: float = 0.0
     ) -> None:
         super().__init__()
-        self.conv = ConvBlock(c_in, c_out)
+        self.conv = ConvBlock(c_in, c_out, cfg.norm)
         self.drop = nn.Dropout2d(dropout) if dropout > 0 else None
         self.mix = MixerResidual(c_out, cfg) if mixer else None
 
@@ -282,9 +288,9 @@ def make_stage(
 class Upsample(nn.Module):
     """Bilinear x2 upsampling followed by ConvBlock(c_in -> c_out)."""
 
-    def __init__(self, c_in: int, c_out: int) -> None:
+    def __init__(self, c_in: int, c_out: int, norm: str = "batch") -> None:
         super().__init__()
-        self.conv = ConvBlock(c_in, c_out)
+        self.conv = ConvBlock(c_in, c_out, norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, c_in, H, W) -> (B, c_out, 2H, 2W)."""
@@ -318,7 +324,7 @@ class MambaUNetV2(nn.Module):
         self.up = nn.ModuleList()
         self.decoder = nn.ModuleList()
         for i in reversed(range(n)):
-            self.up.append(Upsample(ch[i + 1], ch[i]))
+            self.up.append(Upsample(ch[i + 1], ch[i], cfg.norm))
             c_in = 2 * ch[i] if cfg.skip == "concat" else ch[i]
             self.decoder.append(
                 make_stage(c_in, ch[i], cfg.convs_per_level, cfg, cfg.has_mixer(i), False, cfg.dropout)
