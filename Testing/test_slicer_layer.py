@@ -11,7 +11,9 @@ methods in the real Slicer API lists (superclasses walked up). It also checks ev
 cannot slip past unchecked. Negative tests feed it misspelt snippets.
 
 The API lists are not committed: they are read from ``../shared/slicer-api`` (or
-``$MAMBADOSE_SLICER_API``), and the tests that need them skip when they are absent (CI).
+``$MAMBADOSE_SLICER_API``), and the tests that need them skip when they are absent (CI). The
+checker's own snippet tests run on a few hand-written entries (``SNIPPET_LISTS``) everywhere, and on
+the real lists too where they are present.
 Our own additions (classes the lists lack, with their sources) are in
 ``Testing/data/slicer-api/supplement.json``. What the modules take from the API (each ``Use``:
 receiver and name, the arguments of function calls) is committed as a manifest,
@@ -641,6 +643,56 @@ def _manifest_changes(committed: dict, now: dict) -> list[str]:
 # ------------------------------------------------------------------------------------------ tests
 
 
+#: The entries of the API the checker's snippet tests need, written by hand (public Slicer / SlicerRT
+#: API) so that those tests run without the real lists (CI); our supplement is added as
+#: ``SlicerApi.load`` adds it. Where the real lists are present,
+#: test_snippet_lists_agree_with_the_slicer_api checks every entry against them.
+SNIPPET_LISTS = {
+    "util": {
+        "addVolumeFromArray": ["narray", "ijkToRAS", "name", "nodeClassName"],
+        "arrayFromVolume": ["volumeNode"],
+        "getFirstNodeByClassByName": ["className", "name", "scene"],
+    },
+    "packaging": {
+        "pip_ensure": [
+            "requirements",
+            "constraints",
+            "skip_packages",
+            "prompt_install",
+            "prompt_restart",
+            "requester",
+            "skip_in_testing",
+            "show_progress",
+        ]
+    },
+    "scripted": {"ScriptedLoadableModuleWidget": ["resourcePath", "setup"]},
+    "classes": {  # class: (superclass, methods)
+        "vtkMRMLScene": ("vtkObject", ["AddNewNodeByClass", "GenerateUniqueName"]),
+        "vtkMRMLNode": ("vtkObject", ["SetName"]),
+        "vtkMRMLStorableNode": ("vtkMRMLNode", []),
+        "vtkMRMLTransformableNode": ("vtkMRMLStorableNode", []),
+        "vtkMRMLDisplayableNode": ("vtkMRMLTransformableNode", ["GetDisplayNode"]),
+        "vtkMRMLVolumeNode": ("vtkMRMLDisplayableNode", []),
+        "vtkMRMLScalarVolumeNode": ("vtkMRMLVolumeNode", []),
+        "vtkMRMLSegmentationNode": ("vtkMRMLDisplayableNode", ["GetSegmentation"]),
+        "vtkSegmentation": ("vtkObject", ["AddEmptySegment"]),
+        "vtkMRMLTableNode": ("vtkMRMLStorableNode", ["AddEmptyRow", "SetCellText"]),
+        "vtkMRMLIsodoseNode": ("vtkMRMLNode", ["SetAndObserveDoseVolumeNode"]),
+        "vtkSlicerIsodoseModuleLogic": ("vtkSlicerModuleLogic", ["CreateIsodoseSurfaces"]),
+    },
+}
+
+
+def snippet_lists() -> SlicerApi:
+    """``SNIPPET_LISTS`` with our supplement, in the structure ``SlicerApi.load`` gives."""
+    classes = {
+        name: {"superclass": superclass, "public_methods": methods}
+        for name, (superclass, methods) in SNIPPET_LISTS["classes"].items()
+    }
+    classes.update(own_lists()[0])
+    return SlicerApi(SNIPPET_LISTS["util"], SNIPPET_LISTS["packaging"], SNIPPET_LISTS["scripted"], classes)
+
+
 @pytest.fixture(scope="module")
 def api() -> SlicerApi:
     if not shared_api_present():
@@ -649,6 +701,12 @@ def api() -> SlicerApi:
             f"the modules are still checked against the manifest {MANIFEST.name}"
         )
     return SlicerApi.load()
+
+
+@pytest.fixture(params=["snippet-lists", "slicer-api"])
+def lists(request) -> SlicerApi:
+    """The checker's snippet tests run against our hand-written lists (CI too) and the real ones."""
+    return snippet_lists() if request.param == "snippet-lists" else request.getfixturevalue("api")
 
 
 def check(api: SlicerApi, source: str) -> list[str]:
@@ -679,6 +737,17 @@ def test_manifest_names_exist_in_the_slicer_api(api):
     assert problems == []
     assert set(api.scripted) == set(SCRIPTED_CLASSES)  # the checker tells the base classes by these names
     assert all(name.startswith("vtk") for name in api.classes.keys() - own_lists()[0])  # annotations
+
+
+def test_snippet_lists_agree_with_the_slicer_api(api):
+    """Our hand-written lists say nothing the real ones do not (signatures in full, as the checker counts)."""
+    assert {k: api.util[k] for k in SNIPPET_LISTS["util"]} == SNIPPET_LISTS["util"]
+    assert {k: api.packaging[k] for k in SNIPPET_LISTS["packaging"]} == SNIPPET_LISTS["packaging"]
+    for base, methods in SNIPPET_LISTS["scripted"].items():
+        assert set(methods) <= set(api.scripted[base]), base
+    for name, (superclass, methods) in SNIPPET_LISTS["classes"].items():
+        assert api.knows(name) and api.classes[name]["superclass"] == superclass, name
+        assert [m for m in methods if not api.has_method(name, m)] == [], name
 
 
 @pytest.mark.parametrize("path", MODULE_FILES, ids=lambda p: p.name)
@@ -716,8 +785,8 @@ GOOD_SNIPPET = """
 """
 
 
-def test_checker_accepts_correct_calls(api):
-    assert check(api, GOOD_SNIPPET) == []
+def test_checker_accepts_correct_calls(lists):
+    assert check(lists, GOOD_SNIPPET) == []
 
 
 @pytest.mark.parametrize(
@@ -739,7 +808,7 @@ def test_checker_accepts_correct_calls(api):
         ('self.resourcePath("UI/x.ui")', "no method resourcePaths"),
     ],
 )
-def test_checker_flags_a_misspelt_call(api, wrong, expected):
+def test_checker_flags_a_misspelt_call(lists, wrong, expected):
     misspelt = {
         "iso.SetAndObserveDoseVolumeNode(dose)": "iso.SetAndObserveDoseVolumeNod(dose)",
         'dose.SetName(slicer.mrmlScene.GenerateUniqueName("dose"))': 'dose.SetName(slicer.mrmlScene.GenerateUniqueNam("dose"))',
@@ -751,13 +820,13 @@ def test_checker_flags_a_misspelt_call(api, wrong, expected):
         'self.resourcePath("UI/x.ui")': 'self.resourcePaths("UI/x.ui")',
     }[wrong]
     assert wrong in GOOD_SNIPPET
-    problems = check(api, GOOD_SNIPPET.replace(wrong, misspelt))
+    problems = check(lists, GOOD_SNIPPET.replace(wrong, misspelt))
     assert len(problems) == 1 and expected in problems[0], problems
 
 
-def test_checker_flags_unknown_functions_classes_and_untracked_objects(api):
+def test_checker_flags_unknown_functions_classes_and_untracked_objects(lists):
     problems = check(
-        api,
+        lists,
         """
         import slicer
         from slicer.parameterNodeWrapper import parameterNodeWrapper
@@ -768,6 +837,7 @@ def test_checker_flags_unknown_functions_classes_and_untracked_objects(api):
 
         def f(node, p: P):
             slicer.util.arrayFromVolumee(node)
+            slicer.util.arrayFromVolume(node, 0)
             slicer.packaging.pip_ensure([], prompt=True)
             slicer.mrmlScene.AddNewNodeByClass("vtkMRMLNoSuchNode")
             node.SetAttribute("a", "b")
@@ -776,6 +846,7 @@ def test_checker_flags_unknown_functions_classes_and_untracked_objects(api):
     )
     expected = [
         "slicer.util has no arrayFromVolumee",
+        "slicer.util.arrayFromVolume takes at most 1 positional arguments",
         "slicer.packaging.pip_ensure has no parameter prompt",
         "class vtkMRMLNoSuchNode is not in the API lists",
         "cannot tell the class of the object SetAttribute is called on",
@@ -787,7 +858,7 @@ def test_checker_flags_unknown_functions_classes_and_untracked_objects(api):
         assert any(text in p for p in problems), (text, problems)
 
 
-def test_checker_follows_annotations_and_helper_return_types(api):
+def test_checker_follows_annotations_and_helper_return_types(lists):
     source = """
         import slicer
         from slicer import vtkMRMLTableNode
@@ -802,7 +873,7 @@ def test_checker_follows_annotations_and_helper_return_types(api):
                 other: vtkMRMLTableNode = slicer.util.getFirstNodeByClassByName("vtkMRMLTableNode", "t")
                 other.SetCellTex(0, 0, "x")
         """
-    problems = check(api, source)
+    problems = check(lists, source)
     assert len(problems) == 1 and "vtkMRMLTableNode has no method SetCellTex" in problems[0]
 
 
