@@ -652,6 +652,7 @@ SNIPPET_LISTS = {
         "addVolumeFromArray": ["narray", "ijkToRAS", "name", "nodeClassName"],
         "arrayFromVolume": ["volumeNode"],
         "getFirstNodeByClassByName": ["className", "name", "scene"],
+        "getNode": ["pattern", "index", "scene"],
     },
     "packaging": {
         "pip_ensure": [
@@ -870,7 +871,7 @@ def test_checker_follows_annotations_and_helper_return_types(lists):
             def fill(self):
                 table = self.make("t")
                 table.AddEmptyRow()
-                other: vtkMRMLTableNode = slicer.util.getFirstNodeByClassByName("vtkMRMLTableNode", "t")
+                other: vtkMRMLTableNode = slicer.util.getNode("t")  # the annotation alone names the class
                 other.SetCellTex(0, 0, "x")
         """
     problems = check(lists, source)
