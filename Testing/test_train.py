@@ -867,7 +867,7 @@ class _SlabRows:
 
 
 @pytest.mark.parametrize("k", [2, 3])
-def test_slab_validation_windows_are_the_prediction_windows(k):
+def test_slab_validation_windows_are_the_prediction_windows(k, caplog):
     """Validation predicts a slab model's rows in the windows prediction uses
     (``inference.predict_in_slabs``): the same dose as ``inference.predict_volume`` where the
     kept slices run without a gap; a patient with fewer kept slices than the slab gets rows too
@@ -891,6 +891,9 @@ def test_slab_validation_windows_are_the_prediction_windows(k):
     model = _SlabMean(k)
     rows = predict_rows_in_slabs(model, data, refs, k, 4, torch.device("cpu"), channels_last=False).numpy()
     assert np.isfinite(rows).all()
+    warned = [r.getMessage() for r in caplog.records if "kept slices" in r.getMessage()]
+    short = [f"pt_{n}" for n, (_, kept) in enumerate(patients) if len(kept) < k]  # warned about
+    assert [w.split(":")[0] for w in warned] == [f"validation patient {p}" for p in short]
     for number, ((f, kept), ref) in enumerate(zip(patients[:3], refs, strict=False)):
         expected = predict_volume(
             model, f, device="cpu", within=ref.possible_dose_mask, denormalise=lambda x: x

@@ -793,6 +793,13 @@ def predict_rows_in_slabs(
                 continue
             kept = slice_index[rows]
             n = (ref.dose_gy.shape if ref.inplane is None else ref.inplane.resampled_shape)[2]
+            if kept.size < slab or np.any(np.diff(kept) != 1):
+                log.warning(
+                    "validation patient %s: %d kept slices%s; its windows of %d take the next kept "
+                    "slice where a slice is missing (prediction reads the volume's own)",
+                    ref.patient_id, kept.size,
+                    " with gaps" if np.any(np.diff(kept) != 1) else "", slab,
+                )  # fmt: skip
 
             def run(slices: np.ndarray, rows=rows, kept=kept) -> np.ndarray:
                 nearest = rows[np.minimum(np.searchsorted(kept, slices), kept.size - 1)]
