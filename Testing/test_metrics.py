@@ -100,6 +100,16 @@ def test_dvh_score_shared_pairs_only_and_pooled_variant():
     # pooled: (2 + 1 + 6) / 3 = 3; mean of per-patient scores: (1.5 + 6) / 2 = 3.75
     assert metrics.dvh_score_pooled([(pred_a, ref_a), (pred_b, ref_b)]) == pytest.approx(3.0, abs=TOL)
     assert math.isnan(metrics.dvh_score({}, ref_b))
+    # the same through score_prediction / score_summary (dose: one voxel of error 2 and one of 0)
+    mask = np.array([[[True, True, False]]])
+    ref_gy, pred_gy = np.array([[[10.0, 20.0, 0.0]]]), np.array([[[12.0, 20.0, 0.0]]])
+    structures = {"PTV70": np.array([[[True, True, False]]])}
+    ref_m = metrics.openkbp_dvh_metrics(ref_gy, structures, 1.0)
+    one = metrics.score_prediction(pred_gy, ref_gy, mask, structures, 1.0, ref_m)
+    assert one[0] == pytest.approx(1.0, abs=TOL) and one[2][1] is ref_m
+    assert one[1] == pytest.approx(metrics.dvh_score(one[2][0], ref_m), abs=TOL)
+    rows = [(2.0, 1.5, (pred_a, ref_a)), (4.0, math.nan, ({}, ref_b)), (3.0, 6.0, (pred_b, ref_b))]
+    assert metrics.score_summary(rows) == pytest.approx((3.0, 3.75, 3.0), abs=TOL)
     assert math.isnan(metrics.dvh_score({("PTV56", "D_1"): math.nan}, ref_b))
     # the breakdown of the same pairs: one row per shared (roi, metric), sorted
     ref_c = {("Brainstem", "mean"): 20.0}

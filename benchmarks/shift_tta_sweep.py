@@ -92,15 +92,15 @@ def main() -> int:
             doses.append(np.load(path).astype(np.float32))
         for group, members in groups.items():
             dose = np.mean([doses[i] for i in members], axis=0)
-            pred = metrics.openkbp_dvh_metrics(dose, patient.structures, patient.voxel_volume_mm3)
-            score = metrics.dose_score(dose, patient.dose_gy, patient.possible_dose_mask)
-            results[group].append((score, metrics.dvh_score(pred, ref), (pred, ref)))
+            results[group].append(
+                metrics.score_prediction(
+                    dose, patient.dose_gy, within, patient.structures, patient.voxel_volume_mm3, ref
+                )
+            )
     print(f"{len(results['identity (1 pass)'])} patients of {args.split}, model {args.model}")
     print(f"{'passes':32s} dose score  DVH score  DVH pooled")
     for group, rows in results.items():
-        dose = np.mean([r[0] for r in rows])
-        dvh = np.nanmean([r[1] for r in rows])
-        pooled = metrics.dvh_score_pooled([r[2] for r in rows])
+        dose, dvh, pooled = metrics.score_summary(rows)
         print(f"{group:32s} {dose:10.4f} {dvh:10.4f} {pooled:11.4f}")
     return 0
 

@@ -202,6 +202,37 @@ def dvh_score_pooled(
     return float(np.mean(errors)) if errors else math.nan
 
 
+def score_prediction(
+    pred_gy: np.ndarray,
+    ref_gy: np.ndarray,
+    possible_dose_mask: np.ndarray,
+    structures: Mapping[str, np.ndarray],
+    voxel_volume_mm3: float,
+    ref_metrics: Mapping[tuple[str, str], float],
+) -> tuple[float, float, tuple[dict[tuple[str, str], float], Mapping[tuple[str, str], float]]]:
+    """One patient's challenge scores: ``(dose score, DVH score, (pred DVH metrics, ref_metrics))``,
+    the last for :func:`dvh_score_pooled`. ``ref_metrics``: :func:`openkbp_dvh_metrics` of the
+    reference (computed once per patient by the caller when several predictions are scored)."""
+    pred_metrics = openkbp_dvh_metrics(pred_gy, structures, voxel_volume_mm3)
+    return (
+        dose_score(pred_gy, ref_gy, possible_dose_mask),
+        dvh_score(pred_metrics, ref_metrics),
+        (pred_metrics, ref_metrics),
+    )
+
+
+def score_summary(
+    scores: Sequence[tuple[float, float, tuple[Mapping, Mapping]]],
+) -> tuple[float, float, float]:
+    """Over patients' :func:`score_prediction` results: (mean dose score, mean of the per-patient
+    DVH scores that are not NaN, the challenge's pooled DVH score)."""
+    return (
+        float(np.mean([s[0] for s in scores])),
+        float(np.nanmean([s[1] for s in scores])),
+        dvh_score_pooled(s[2] for s in scores),
+    )
+
+
 @dataclass(frozen=True)
 class DvhErrorRow:
     """The errors of one (ROI, challenge metric) over patients: ``n`` pairs, mean ``|pred - ref|``
