@@ -65,7 +65,6 @@ from .augment import AugmentConfig, augment_batch
 from .dataset import (
     CHANNEL_PRESETS,
     SliceSet,
-    balanced_epoch_indices,
     balanced_epoch_slabs,
     channels_for_preset,
     prepare_slice_set,
@@ -1049,12 +1048,8 @@ def epoch_plan(
     the ``slab_patients`` patients that have one (default all), as ``balanced_epoch_slabs`` draws
     it; the rows drawn are whole slabs (a multiple of k) and every rank gets whole slabs."""
     k = cfg.slab
-    if k == 1:
-        per_patient = max(1, math.ceil(n_rows / max(1, n_patients)))
-        drawn = per_patient * n_patients
-    else:
-        per_patient = max(1, math.ceil(n_rows / (max(1, n_patients) * k)))
-        drawn = per_patient * (n_patients if slab_patients is None else slab_patients) * k
+    per_patient = max(1, math.ceil(n_rows / (max(1, n_patients) * k)))
+    drawn = per_patient * (n_patients if slab_patients is None else slab_patients) * k
     if cfg.slices_per_epoch:
         drawn = min(drawn, cfg.slices_per_epoch) // k * k
     per_rank = drawn // k // world_size * k
@@ -1409,19 +1404,11 @@ def train_one_epoch(
     train = data.train
     model.train()
     order_gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))
-    if cfg.slab == 1:
-        rows = balanced_epoch_indices(train.patient_index, len(train.patient_ids), order_gen)[:drawn]
-        rows = shard_indices(rows, rt.rank, rt.world_size)
-    else:  # whole slabs of cfg.slab consecutive rows, shared slab by slab
-        rows = balanced_epoch_slabs(
-            train.patient_index,
-            train.slice_index,
-            train.view_index,
-            len(train.patient_ids),
-            cfg.slab,
-            order_gen,
-        )[:drawn]
-        rows = shard_indices(rows.view(-1, cfg.slab), rt.rank, rt.world_size).reshape(-1)
+    # whole slabs of cfg.slab consecutive rows, shared slab by slab (slab 1: the balanced slice epoch)
+    rows = balanced_epoch_slabs(
+        train.patient_index, train.slice_index, train.view_index, len(train.patient_ids), cfg.slab, order_gen
+    )[:drawn]
+    rows = shard_indices(rows.view(-1, cfg.slab), rt.rank, rt.world_size).reshape(-1)
     # per row: is the left-right axis in the slice plane (else the mirror only swaps channels)
     in_plane = torch.tensor([lr_in_plane(v) for v in train.views])[train.view_index.cpu()[rows]]
     rows = rows.to(device)
