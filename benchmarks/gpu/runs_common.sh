@@ -1,4 +1,4 @@
-# Shared by benchmarks/gpu/session3_runs.sh ... session6_runs.sh (sourced): the run folder, the
+# Shared by benchmarks/gpu/session3_runs.sh ... session7_slab_runs.sh (sourced): the run folder, the
 # environment and the recipe every run of those sessions shares, and `start`, which launches one
 # training in the background (setsid nohup) so it outlives the device call. Two scan directions, the
 # default of sessions 1-5 (one since session 6), unless the extra arguments say otherwise.
