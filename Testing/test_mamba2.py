@@ -311,11 +311,13 @@ def test_scan_custom_op_matches_autograd_and_compiles() -> None:
     torch.testing.assert_close(compiled(*leaves), block(*leaves))
 
 
-@pytest.mark.parametrize("slab", [1, 2])
-def test_whole_network_compiles_without_graph_breaks_on_the_scan_op(monkeypatch, slab: int) -> None:
+@pytest.mark.parametrize("slab, conv_dims", [(1, 2), (2, 2), (4, 3)])
+def test_whole_network_compiles_without_graph_breaks_on_the_scan_op(
+    monkeypatch, slab: int, conv_dims: int
+) -> None:
     """With the scan behind the custom op (the Triton path, here the stand-in on CPU), a whole
     MambaUNetV2 training step traces into one graph: torch.compile(fullgraph=True) gives the
-    eager output and gradients; in slab mode too (the mixers' reshapes to slabs)."""
+    eager output and gradients; in slab mode too (the mixers' reshapes to slabs), and 3D."""
     from MambaDoseLib import mamba2
     from MambaDoseLib.model import MambaUNetConfig, MambaUNetV2
 
@@ -324,7 +326,14 @@ def test_whole_network_compiles_without_graph_breaks_on_the_scan_op(monkeypatch,
     monkeypatch.setattr(mamba2, "_triton_scan_op", lambda: torch.ops.mambadose_test.ssd_scan)
     torch.manual_seed(0)
     cfg = MambaUNetConfig(
-        in_channels=3, channels=(8, 16, 32), headdim=8, d_state=8, chunk_size=16, mixer_min_level=1, slab=slab
+        in_channels=3,
+        channels=(8, 16, 32),
+        headdim=8,
+        d_state=8,
+        chunk_size=16,
+        mixer_min_level=1,
+        slab=slab,
+        conv_dims=conv_dims,
     )
     model = MambaUNetV2(cfg).double()
     x = torch.randn(2 * slab, 3, 16, 16, dtype=torch.float64)

@@ -270,3 +270,47 @@ def test_slab_batch_must_hold_whole_slabs_and_ensembles_keep_the_slab() -> None:
         assert ensemble(torch.randn(4, 5, 16, 16)).shape == (4, 1, 16, 16)
     with pytest.raises(ValueError, match="slabs of 2"):
         ensemble(torch.randn(3, 5, 16, 16))
+
+
+# --------------------------------------------------------------------------- 3D (conv_dims=3)
+
+
+def test_3d_config_needs_a_slab_divisible_by_the_downsampling_and_old_cards_are_2d() -> None:
+    cfg = small_config(conv_dims=3, slab=8)
+    assert MambaUNetConfig.from_dict(cfg.to_dict()) == cfg
+    for bad in (dict(conv_dims=3, slab=1), dict(conv_dims=3, slab=12), dict(conv_dims=1, slab=8)):
+        with pytest.raises(ValueError, match="conv_dims"):
+            small_config(**bad)
+    old = small_config().to_dict()
+    del old["conv_dims"]  # a card written before the field existed
+    assert MambaUNetConfig.from_dict(old).conv_dims == 2
+
+
+@pytest.mark.parametrize("mixer, norm", [("mamba2", "batch"), ("attention", "group"), ("none", "batch")])
+def test_3d_network_mixes_every_slice_of_its_slab_and_keeps_slabs_apart(mixer: str, norm: str) -> None:
+    """Two slabs of 8 slices (rows 0-7, 8-15), eval mode: 3D convolutions carry every slice of a
+    slab to every other, in both directions and whatever the mixer (one causal scan direction
+    included); slabs stay independent; the output keeps the slab layout; the weights are 3D."""
+    torch.manual_seed(9)
+    model = MambaUNetV2(small_config(mixer=mixer, norm=norm, conv_dims=3, slab=8)).double().eval()
+    assert model.head.weight.ndim == 5
+    x = torch.randn(16, 5, 16, 16, dtype=torch.float64)
+    with torch.no_grad():
+        assert model(x).shape == (16, 1, 16, 16)
+    for source, target in ((0, 7), (7, 0), (9, 15), (15, 8)):
+        assert _influence(model, x, source, target) > 0.0
+    for source, target in ((0, 8), (7, 15), (8, 0), (15, 7)):
+        assert _influence(model, x, source, target) == 0.0
+    with pytest.raises(ValueError, match="slabs of 8"):
+        model(x[:12])
+
+
+def test_3d_network_trains_under_autocast_with_gradients_everywhere() -> None:
+    torch.manual_seed(10)
+    model = MambaUNetV2(small_config(conv_dims=3, slab=8, grad_checkpoint=True, backend="torch"))
+    x = torch.randn(8, 5, 16, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(x).float().square().mean()
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing

@@ -941,3 +941,26 @@ def test_slab_training_writes_a_slab_model_that_predicts(phantoms, tmp_path, mon
         run_training(
             TrainConfig.from_dict({**cfg.to_dict(), "slab": 1, "resume": True, "epochs": 2}), train, val
         )
+
+
+def test_3d_training_writes_a_3d_model_that_predicts_and_resumes(phantoms, tmp_path):
+    """``--model-option conv_dims=3 --slab 8``: the slab machinery trains a 3D network (one
+    volume of 8 slices per slab), the card says so, prediction runs it in windows, and a resumed
+    run continues it."""
+    from MambaDoseLib.inference import predict_patient
+    from MambaDoseLib.weights import load_model
+
+    train, val = phantoms
+    cfg = _config(
+        tmp_path, mixer="mamba2", d_state=8, slab=8, epochs=1, max_val_patients=1,
+        model_options={"backend": "torch", "conv_dims": 3, "norm": "group"},
+    )  # fmt: skip
+    result = run_training(cfg, train, val)
+    assert result["epochs"] == 1 and math.isfinite(result["best_val_dose_score"])
+    model, card = load_model(tmp_path / MODEL_BEST)
+    assert card["config"]["conv_dims"] == 3 and model.head.weight.ndim == 5
+    dose = predict_patient(model, card, val[0], device="cpu")
+    assert np.isfinite(dose).all() and np.all(dose[~val[0].possible_dose_mask] == 0.0)
+    assert dose[val[0].possible_dose_mask].max() > 0.0
+    resumed = run_training(TrainConfig.from_dict({**cfg.to_dict(), "resume": True, "epochs": 2}), train, val)
+    assert resumed["epochs"] == 2

@@ -14,7 +14,7 @@ Per variant: parameters; forward FLOPs per slice counted by torch.utils.flop_cou
 the PyTorch scan, whose batched matmuls are counted like any other) plus the analytic SSD scan
 FLOPs (see ``ssd_flops``); the FLOP floor (slices/s if the GPU ran all of a training step's
 ~3x forward FLOPs at ``--peak-tflops``); on CUDA, training slices/s (forward + backward + AdamW, bf16
-autocast, channels_last) and peak memory per ``--batch``; inference time of one 128-slice volume.
+autocast, channels_last for 2D networks) and peak memory per ``--batch``; inference time of one 128-slice volume.
 
     python benchmarks/model_speed.py --device cuda --json speed.json            # GPU (lead)
     python benchmarks/model_speed.py --device cpu --threads 2 --variants mamba2-torch,unet
@@ -94,7 +94,8 @@ def ssd_flops(batch: int, length: int, heads: int, headdim: int, d_state: int, c
 
 
 def count_flops(cfg: MambaUNetConfig, size: int) -> dict:
-    """Forward FLOPs of one slice: FlopCounterMode total (torch scan) and the analytic scan part."""
+    """Forward FLOPs per slice: FlopCounterMode total (torch scan) and the analytic scan part, over
+    one slab of ``cfg.slab`` slices divided by the slab (one slice when the slab is 1)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     model = MambaUNetV2(MambaUNetConfig.from_dict({**cfg.to_dict(), "backend": "torch"})).eval()
@@ -110,10 +111,13 @@ def count_flops(cfg: MambaUNetConfig, size: int) -> dict:
     try:
         counter = FlopCounterMode(display=False)
         with torch.no_grad(), counter:
-            model(torch.randn(1, cfg.in_channels, size, size))
+            model(torch.randn(cfg.slab, cfg.in_channels, size, size))
     finally:
         mamba2_module.Mamba2.scan = original
-    return {"forward_gflop": counter.get_total_flops() / 1e9, "scan_gflop_analytic": scan_total[0] / 1e9}
+    return {
+        "forward_gflop": counter.get_total_flops() / 1e9 / cfg.slab,
+        "scan_gflop_analytic": scan_total[0] / 1e9 / cfg.slab,
+    }
 
 
 def synchronize(device: torch.device) -> None:
@@ -269,7 +273,9 @@ def main() -> int:
         if not args.no_flops:
             row.update(count_flops(cfg, args.size))
             row["flop_floor_train_slices_per_s"] = args.peak_tflops * 1e3 / (3 * row["forward_gflop"])
-        model = model.to(device).to(memory_format=torch.channels_last)
+        model = model.to(device)
+        if cfg.conv_dims == 2:  # channels_last is a 4D layout; 3D weights stay as they are
+            model = model.to(memory_format=torch.channels_last)
         use_graph = compile_mode == "graph"
         runner = torch.compile(model, mode=compile_mode) if compile_mode and not use_graph else model
         if train:

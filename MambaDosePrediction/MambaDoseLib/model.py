@@ -19,6 +19,13 @@ Slab mode (``slab=k`` > 1): the batch is B/k groups ("slabs") of k consecutive s
 patient, and every token mixer takes the k slices of its slab as one image of k*H rows (slice 0's
 rows, then slice 1's, ...), so its scan runs through all of them; convolutions and BatchNorm stay
 per slice. B must be a multiple of k.
+
+3D (``conv_dims=3``, with ``slab=k``): the same network with 3D convolutions (3x3x3), BatchNorm3d
+or GroupNorm, 2x2x2 down- and trilinear upsampling; each slab of k consecutive slices is one
+(C, k, H, W) volume, k divisible by 2**levels, and every token mixer scans the flattened
+(k/2**i * H/2**i * W/2**i) voxels of its level, slice after slice. Input and output keep the
+slab layout (B slices, B/k slabs), so training, validation and prediction in slabs are the same
+code for both.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ MIXERS = ("mamba2", "attention", "none")
 DOWNSAMPLES = ("conv", "maxpool")
 SKIPS = ("concat", "add")
 NORMS = ("batch", "group")
+CONV_DIMS = (2, 3)
 GROUPS = 8  # GroupNorm groups (norm="group"); every width must be a multiple
 
 
@@ -47,6 +55,9 @@ class MambaUNetConfig:
     bottleneck) with one scan direction (a raster scan: two or four directions measured no better
     on the validation dose score; one gives a 1.36x faster compiled training step with CUDA graphs
     on an H100, 1.12x in real compiled training runs); see the README's model section.
+
+    ``conv_dims``: 2 (default) or 3 (3D convolutions over each slab as one volume; needs ``slab``
+    a multiple of 2**levels). Cards written before the field existed load as 2.
 
     ``slab``: 1 (default) = every slice on its own. k > 1 = the batch holds groups of k
     consecutive slices of one patient and each token mixer scans the tokens of a group's k slices
@@ -79,6 +90,7 @@ class MambaUNetConfig:
     dropout: float = 0.0  # channel dropout (Dropout2d) after the conv of each bottleneck / decoder block
     slab: int = 1  # consecutive slices whose tokens each mixer takes as one sequence (module docstring)
     norm: str = "batch"  # after each conv: BatchNorm2d, or GroupNorm(8 groups) (no batch statistics)
+    conv_dims: int = 2  # 3: each slab is one volume through 3D convolutions (module docstring)
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
@@ -120,6 +132,13 @@ class MambaUNetConfig:
                 fail(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             fail(f"dropout must lie in [0, 1), got {self.dropout}")
+        if self.conv_dims not in CONV_DIMS:
+            fail(f"conv_dims={self.conv_dims!r} is not one of {CONV_DIMS}")
+        if self.conv_dims == 3 and self.slab % 2**self.levels:
+            fail(
+                f"conv_dims=3 takes each slab as a volume: slab={self.slab} must be a multiple of "
+                f"2**levels={2**self.levels} (one 2x2x2 downsampling per level)"
+            )
         if self.norm == "group" and any(c % GROUPS for c in self.channels):
             fail(f"norm='group' needs every width a multiple of {GROUPS}, got {self.channels}")
         for c in self.mixer_channels:
@@ -199,7 +218,8 @@ class SelfAttention2D(nn.Module):
 
 class MixerResidual(nn.Module):
     """x + LayerNorm(mixer(x)) on a (B, C, H, W) feature map; the mixer sees (B, H, W, C), or with
-    ``cfg.slab`` = k > 1 the slabs of k consecutive slices as (B/k, k*H, W, C).
+    ``cfg.slab`` = k > 1 the slabs of k consecutive slices as (B/k, k*H, W, C). A 3D feature map
+    (B, C, D, H, W) (``conv_dims=3``) is one slab per volume: the mixer sees (B, D*H, W, C).
 
     With ``checkpoint=True`` the mixer and norm are recomputed in backward while training.
     """
@@ -218,6 +238,11 @@ class MixerResidual(nn.Module):
         self.slab = cfg.slab
 
     def _branch(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 5:  # a volume: its slices stacked along the rows, one sequence per volume
+            n, c, d, h, w = x.shape
+            tokens = x.permute(0, 2, 3, 4, 1).reshape(n, d * h, w, c)
+            y = self.norm(self.mixer(tokens)).reshape(n, d, h, w, c)
+            return y.permute(0, 4, 1, 2, 3)
         n, c, h, w = x.shape
         tokens = x.permute(0, 2, 3, 1)  # (B, H, W, C)
         if self.slab > 1:  # a slab's slices stacked along the rows: one sequence per slab
@@ -228,7 +253,7 @@ class MixerResidual(nn.Module):
         return y.permute(0, 3, 1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, C, H, W) -> (B, C, H, W)."""
+        """x (B, C, H, W) -> (B, C, H, W), or (B, C, D, H, W) -> (B, C, D, H, W)."""
         if self.checkpoint and self.training and torch.is_grad_enabled():
             return x + checkpoint(self._branch, x, use_reentrant=False)
         return x + self._branch(x)
@@ -237,13 +262,20 @@ class MixerResidual(nn.Module):
 # --------------------------------------------------------------------------------------------
 # UNet parts
 # --------------------------------------------------------------------------------------------
-class ConvBlock(nn.Sequential):
-    """Conv2d(3x3, no bias) -> BatchNorm (or GroupNorm, ``norm="group"``) -> ReLU;
-    (B, c_in, H, W) -> (B, c_out, H, W)."""
+def _conv(dims: int) -> type[nn.Module]:
+    return nn.Conv3d if dims == 3 else nn.Conv2d
 
-    def __init__(self, c_in: int, c_out: int, norm: str = "batch") -> None:
-        layer = nn.BatchNorm2d(c_out) if norm == "batch" else nn.GroupNorm(GROUPS, c_out)
-        super().__init__(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), layer, nn.ReLU(inplace=True))
+
+class ConvBlock(nn.Sequential):
+    """Conv(3x3, or 3x3x3 with ``dims=3``; no bias) -> BatchNorm (or GroupNorm, ``norm="group"``)
+    -> ReLU; (B, c_in, [D,] H, W) -> (B, c_out, [D,] H, W)."""
+
+    def __init__(self, c_in: int, c_out: int, norm: str = "batch", dims: int = 2) -> None:
+        if norm == "batch":
+            layer = nn.BatchNorm3d(c_out) if dims == 3 else nn.BatchNorm2d(c_out)
+        else:
+            layer = nn.GroupNorm(GROUPS, c_out)
+        super().__init__(_conv(dims)(c_in, c_out, 3, padding=1, bias=False), layer, nn.ReLU(inplace=True))
 
 
 class Block(nn.Module):
@@ -254,8 +286,9 @@ class Block(nn.Module):
         self, c_in: int, c_out: int, cfg: MambaUNetConfig, mixer: bool, dropout: float = 0.0
     ) -> None:
         super().__init__()
-        self.conv = ConvBlock(c_in, c_out, cfg.norm)
-        self.drop = nn.Dropout2d(dropout) if dropout > 0 else None
+        self.conv = ConvBlock(c_in, c_out, cfg.norm, cfg.conv_dims)
+        dropout_class = nn.Dropout3d if cfg.conv_dims == 3 else nn.Dropout2d
+        self.drop = dropout_class(dropout) if dropout > 0 else None
         self.mix = MixerResidual(c_out, cfg) if mixer else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -286,15 +319,16 @@ def make_stage(
 
 
 class Upsample(nn.Module):
-    """Bilinear x2 upsampling followed by ConvBlock(c_in -> c_out)."""
+    """Bilinear (trilinear with ``dims=3``) x2 upsampling followed by ConvBlock(c_in -> c_out)."""
 
-    def __init__(self, c_in: int, c_out: int, norm: str = "batch") -> None:
+    def __init__(self, c_in: int, c_out: int, norm: str = "batch", dims: int = 2) -> None:
         super().__init__()
-        self.conv = ConvBlock(c_in, c_out, norm)
+        self.conv = ConvBlock(c_in, c_out, norm, dims)
+        self.mode = "trilinear" if dims == 3 else "bilinear"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, c_in, H, W) -> (B, c_out, 2H, 2W)."""
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False))
+        """x (B, c_in, [D,] H, W) -> (B, c_out, [2D,] 2H, 2W)."""
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode=self.mode, align_corners=False))
 
 
 class MambaUNetV2(nn.Module):
@@ -314,9 +348,9 @@ class MambaUNetV2(nn.Module):
         for i in range(n):
             self.encoder.append(make_stage(c_prev, ch[i], cfg.convs_per_level, cfg, cfg.has_mixer(i), False))
             if cfg.downsample == "conv":
-                self.down.append(nn.Conv2d(ch[i], ch[i], 3, stride=2, padding=1))
+                self.down.append(_conv(cfg.conv_dims)(ch[i], ch[i], 3, stride=2, padding=1))
             else:
-                self.down.append(nn.MaxPool2d(2))
+                self.down.append(nn.MaxPool3d(2) if cfg.conv_dims == 3 else nn.MaxPool2d(2))
             c_prev = ch[i]
         self.bottleneck = make_stage(
             ch[n - 1], ch[n], cfg.bottleneck_depth, cfg, cfg.has_mixer(n), True, cfg.dropout
@@ -324,12 +358,12 @@ class MambaUNetV2(nn.Module):
         self.up = nn.ModuleList()
         self.decoder = nn.ModuleList()
         for i in reversed(range(n)):
-            self.up.append(Upsample(ch[i + 1], ch[i], cfg.norm))
+            self.up.append(Upsample(ch[i + 1], ch[i], cfg.norm, cfg.conv_dims))
             c_in = 2 * ch[i] if cfg.skip == "concat" else ch[i]
             self.decoder.append(
                 make_stage(c_in, ch[i], cfg.convs_per_level, cfg, cfg.has_mixer(i), False, cfg.dropout)
             )
-        self.head = nn.Conv2d(ch[0], cfg.out_channels, 1)
+        self.head = _conv(cfg.conv_dims)(ch[0], cfg.out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, in_channels, H, W), H and W divisible by 2**levels, B by ``slab`` -> (B, out_channels,
@@ -345,6 +379,10 @@ class MambaUNetV2(nn.Module):
                 f"MambaUNetV2: batch of {x.shape[0]} slices is not a whole number of slabs of "
                 f"{self.config.slab} consecutive slices (slab={self.config.slab})"
             )
+        k = self.config.slab
+        three_d = self.config.conv_dims == 3
+        if three_d:  # (B/k * k, C, H, W) -> (B/k, C, k, H, W): each slab one volume
+            x = x.reshape(x.shape[0] // k, k, *x.shape[1:]).transpose(1, 2)
         skips = []
         for stage, down in zip(self.encoder, self.down, strict=True):
             x = stage(x)
@@ -355,7 +393,10 @@ class MambaUNetV2(nn.Module):
             x = up(x)
             x = torch.cat([x, skip], dim=1) if self.config.skip == "concat" else x + skip
             x = stage(x)
-        return self.head(x).float()
+        y = self.head(x).float()
+        if three_d:  # back to the slab layout (B, C_out, H, W)
+            y = y.transpose(1, 2).reshape(-1, y.shape[1], *y.shape[3:])
+        return y
 
 
 class MambaUNetV2Ensemble(nn.Module):

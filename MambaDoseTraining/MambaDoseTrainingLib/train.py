@@ -290,6 +290,8 @@ class TrainConfig:
                 f"--slices-per-epoch {self.slices_per_epoch} is less than one slab of --slab {self.slab} "
                 "slices: an epoch draws whole slabs"
             )
+        if self.channels_last and self.model_options.get("conv_dims") == 3:
+            raise InputError("--channels-last is for 2D convolutions, not --model-option conv_dims=3")
         if self.slab > 1 and views != ("axial",):
             raise InputError(f"--slab {self.slab} works on axial slices only, not --views {self.views}")
 
