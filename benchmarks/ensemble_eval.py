@@ -51,8 +51,7 @@ def main() -> int:
             (f"{Path(path).parent.name}/{Path(path).name}@{','.join(views)}", model, card, views, store)
         )
 
-    scores: dict[str, list[tuple[float, float]]] = {}
-    pairs: dict[str, list] = {}
+    scores: dict[str, list] = {}  # name -> per patient metrics.score_prediction
     for folder in openkbp.list_patient_dirs(args.split):
         patient = openkbp.read_patient(folder)
         ref = metrics.openkbp_dvh_metrics(patient.dose_gy, patient.structures, patient.voxel_volume_mm3)
@@ -72,17 +71,22 @@ def main() -> int:
             means.append((label, np.average([d for _, d in doses[:k]], axis=0, weights=member_weights[:k])))
         doses += means
         for name, dose in doses:
-            pred = metrics.openkbp_dvh_metrics(dose, patient.structures, patient.voxel_volume_mm3)
-            score = metrics.dose_score(dose, patient.dose_gy, patient.possible_dose_mask)
-            scores.setdefault(name, []).append((score, metrics.dvh_score(pred, ref)))
-            pairs.setdefault(name, []).append((pred, ref))
+            scores.setdefault(name, []).append(
+                metrics.score_prediction(
+                    dose,
+                    patient.dose_gy,
+                    patient.possible_dose_mask,
+                    patient.structures,
+                    patient.voxel_volume_mm3,
+                    ref,
+                )
+            )
     n = len(next(iter(scores.values())))
     print(f"{n} patients of {args.split}")
     print(f"{'model':60s} dose score  DVH score  DVH pooled")
     for name, values in scores.items():
-        d, v = np.array(values).T
-        pooled = metrics.dvh_score_pooled(pairs[name])
-        print(f"{name:60s} {d.mean():10.4f} {np.nanmean(v):10.4f} {pooled:11.4f}")
+        dose_mean, dvh_mean, pooled = metrics.score_summary(values)
+        print(f"{name:60s} {dose_mean:10.4f} {dvh_mean:10.4f} {pooled:11.4f}")
     if args.subsets:
         score_subsets(args.split, [(m[0], m[4]) for m in members], args.subsets)
     return 0
