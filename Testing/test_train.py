@@ -805,6 +805,12 @@ def test_slab_options_are_checked_parsed_and_default_for_older_configs(tmp_path)
     with pytest.raises(InputError, match="--slices-per-epoch 3 is less than one slab of --slab 4"):
         _config(tmp_path, slab=4, batch_size=8, slices_per_epoch=3).check()
     _config(tmp_path, slab=4, batch_size=8).check()
+    three_d = {"conv_dims": 3}
+    with pytest.raises(InputError, match="--channels-last is for 2D"):
+        _config(tmp_path, slab=8, batch_size=8, channels_last=True, model_options=three_d).check()
+    with pytest.raises(InputError, match="slab=4 must be a multiple of 2\\*\\*levels=8"):
+        build_model_config(_config(tmp_path, slab=4, model_options=three_d), 20)
+    assert build_model_config(_config(tmp_path, slab=8, model_options=three_d), 20).conv_dims == 3
     assert build_model_config(_config(tmp_path, slab=4), 20).slab == 4
     assert build_model_config(_config(tmp_path), 20).slab == 1
 
