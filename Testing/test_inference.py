@@ -369,3 +369,29 @@ def test_slab_mamba_unet_predicts_a_phantom():
     dose = inference.predict_patient(model, {"channels": list(CHANNELS)}, patient, device="cpu", tta=True)
     assert dose.shape == patient.shape and np.isfinite(dose).all()
     assert np.all(dose[~patient.possible_dose_mask] == 0.0)
+
+
+def test_mixed_ensemble_predicts_the_mean_of_its_members_group_by_group():
+    """An ensemble of a 2D network and a 3D one (slab 8) predicts, through predict_volume, the
+    mean of what each member predicts alone (flip TTA and a possible-dose mask included; a linear
+    denormalisation so the mean commutes with it), counts every computed slice of both groups in
+    its progress, and is refused for a view other than axial."""
+    from MambaDoseLib.model import MambaUNetConfig, MambaUNetV2, MambaUNetV2Ensemble
+
+    torch.manual_seed(4)
+    flat = MambaUNetConfig(in_channels=3, channels=(8, 16, 16, 32), d_state=8, headdim=8, chunk_size=16)
+    deep = MambaUNetConfig(**{**flat.to_dict(), "slab": 8, "conv_dims": 3})
+    ensemble = MambaUNetV2Ensemble([flat, flat, deep]).eval()
+    f = np.random.default_rng(0).standard_normal((3, 16, 16, 12)).astype(np.float32)
+    within = np.zeros((16, 16, 12), bool)
+    within[4:12, 3:13, 1:11] = True
+    shift = lambda x: x + 10.0  # noqa: E731 (linear and positive: no clipping)
+    kwargs = dict(device="cpu", denormalise=shift, within=within, tta=True, swap_channels=[(1, 2)])
+    seen = []
+    got = inference.predict_volume(ensemble, f, progress=lambda d, t: seen.append((d, t)), **kwargs)
+    alone = [inference.predict_volume(m, f, **kwargs) for m in ensemble.members]
+    np.testing.assert_allclose(got, (alone[0] + alone[1] + alone[2]) / 3, rtol=1e-5, atol=1e-5)
+    assert seen[-1][0] == seen[-1][1] == 2 * (10 + 16)  # flips x (10 slices for the 2D pair + 2 windows of 8)
+    assert isinstance(ensemble.members[0], MambaUNetV2)
+    with pytest.raises(InputError, match="slab=8"):
+        inference.predict_volume(ensemble, f, device="cpu", views=("axial", "coronal"))

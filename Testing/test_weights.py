@@ -253,3 +253,37 @@ def test_model_argument_names_a_file_or_the_shipped_ensemble(tmp_path: Path, mon
     monkeypatch.setattr(weights, "models_dir", lambda: tmp_path)
     with pytest.raises(WeightsError, match="ensemble is not installed"):
         weights.model_path_from_arg("ensemble")
+
+
+def test_mixed_ensemble_of_2d_and_3d_members_round_trips_with_member_configs(tmp_path: Path) -> None:
+    """Members of different configs (a 2D network and a 3D one of slab 8): the card lists each
+    member's config, loading rebuilds each (backend set on every member, its slab and conv_dims
+    kept), and a card whose member configs are wrong is refused by name."""
+    from MambaDoseLib.model import MambaUNetV2Ensemble, set_backend
+
+    flat = _trained_like_model(0)
+    deep = MambaUNetV2(MambaUNetConfig(**{**flat.config.to_dict(), "slab": 8, "conv_dims": 3}))
+    ensemble = MambaUNetV2Ensemble([flat.config, deep.config])
+    ensemble.members[0].load_state_dict(flat.state_dict())
+    ensemble.members[1].load_state_dict(deep.state_dict())
+    path = tmp_path / "mixed.safetensors"
+    card = save_model(path, ensemble, _card())
+    assert card["ensemble_size"] == 2 and card["member_configs"][1]["conv_dims"] == 3
+    assert card["member_configs"][0] == card["config"]
+    loaded, _ = load_model(path, backend="torch")
+    assert [(c.slab, c.conv_dims, c.backend) for c in loaded.configs] == [(1, 2, "torch"), (8, 3, "torch")]
+    set_backend(loaded, "auto")
+    assert [(c.slab, c.backend) for c in loaded.configs] == [(1, "auto"), (8, "auto")]
+    for name, tensor in ensemble.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], tensor)
+    with pytest.raises(ValueError, match="different slabs"):
+        loaded(torch.randn(8, 3, 16, 16))
+    # a homogeneous ensemble's card has no member_configs
+    same = save_model(tmp_path / "same.safetensors", MambaUNetV2Ensemble(flat.config, 2), _card())
+    assert "member_configs" not in same
+    for bad in (card["member_configs"][:1], [card["member_configs"][1], card["member_configs"][0]], "x"):
+        card_path(path).write_text(json.dumps(dict(card, member_configs=bad)))
+        with pytest.raises(WeightsError, match="member_configs"):
+            load_model(path)
+    with pytest.raises(ValueError, match="takes 4 channels"):
+        MambaUNetV2Ensemble([flat.config, MambaUNetConfig(**{**flat.config.to_dict(), "in_channels": 4})])

@@ -1,6 +1,6 @@
 """Score several trained models and their voxel-wise mean on an OpenKBP split (CPU or GPU).
 
-    python benchmarks/ensemble_eval.py MODEL[@VIEWS][*WEIGHT] ... [--split DIR] [--store DIR] [--prefix-means]
+    python benchmarks/ensemble_eval.py MODEL[@VIEWS][*WEIGHT] ... [--split DIR] [--store DIR] [--prefix-means] [--tta]
 
 Each MODEL is a .safetensors file with its card; ``@axial,coronal`` overrides the card's views;
 ``*3`` weighs the model three times in the means (an ensemble file of three members counts as
@@ -11,7 +11,8 @@ mean of every K of the models on the dose score and prints the best five with th
 Every model predicts every patient once through ``inference.predict_patient`` (kept in
 ``--store`` as .npy, reused by later calls); then the script prints, for each model alone and for
 the mean of all of them, the challenge's dose score and DVH score (``metrics``, mean over
-patients; DVH also pooled). Tune on validation only.
+patients; DVH also pooled). ``--tta``: every model with the left-right flip TTA (as ``predict-openkbp
+--tta``). Tune on validation only.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def main() -> int:
     parser.add_argument("--split", type=Path, default=Path("/tmp/openkbp/validation-pats"))
     parser.add_argument("--store", type=Path, default=Path("/tmp/mambadose-ensemble"))
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--tta", action="store_true", help="every model with the left-right flip TTA")
     parser.add_argument("--prefix-means", action="store_true", help="score the mean of the first k, every k")
     parser.add_argument("--subsets", type=int, default=0, metavar="K", help="score every K of the models")
     args = parser.parse_args()
@@ -44,7 +46,8 @@ def main() -> int:
         path, _, views = spec.partition("@")
         model, card = weights.load_model(path, device=args.device)
         views = inference.parse_views(views) if views else inference.card_views(card)
-        key = hashlib.sha1(f"{card['sha256']}{views}".encode()).hexdigest()[:12]
+        tta = "tta" if args.tta else ""  # stored apart from the predictions without TTA
+        key = hashlib.sha1(f"{card['sha256']}{views}{tta}".encode()).hexdigest()[:12]
         store = args.store / key
         store.mkdir(parents=True, exist_ok=True)
         members.append(
@@ -60,7 +63,9 @@ def main() -> int:
             stored = store / f"{folder.name}.npy"
             if not stored.exists():
                 t0 = time.perf_counter()
-                dose = inference.predict_patient(model, card, patient, device=args.device, views=views)
+                dose = inference.predict_patient(
+                    model, card, patient, device=args.device, views=views, tta=args.tta
+                )
                 np.save(stored, dose)
                 print(f"{name} {folder.name}: {time.perf_counter() - t0:.1f} s", flush=True)
             doses.append((name, np.load(stored)))

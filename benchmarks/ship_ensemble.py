@@ -3,7 +3,12 @@
     python benchmarks/ship_ensemble.py OUT.safetensors MEMBER.safetensors MEMBER.safetensors ...
         [--views axial] [--validation EVALUATE_OUTPUT.txt] [--half]
 
-Every member must have the same architecture config and channel list. The card keeps each
+A MEMBER that is itself an ensemble file adds each of its networks (and their summaries from its
+card's ``training.members``, marked ``from_ensemble``).
+
+Every member must take the same channel list; their architectures may differ (e.g. 2D and 3D
+networks, other widths: the card then lists each member's config, ``member_configs``, and
+prediction runs the members of each slab size on their own and weighs them by number). The card keeps each
 member's training summary (without its per-epoch history) under ``training.members``; its
 ``views`` are ``--views`` (default: the first member's); ``--validation`` copies the dose score,
 DVH score and pooled DVH score from the output of ``mambadose evaluate`` run on the ensemble's
@@ -19,7 +24,7 @@ import re
 from pathlib import Path
 
 import torch
-from MambaDoseLib.inference import card_inplane_spacing, card_views, parse_views
+from MambaDoseLib.inference import card_inplane_spacing, card_views, check_slab_views, parse_views
 from MambaDoseLib.model import MambaUNetV2Ensemble
 from MambaDoseLib.weights import load_model, save_model, set_backend
 
@@ -48,24 +53,20 @@ def main() -> int:
     parser.add_argument("--half", action="store_true", help="store the weights as float16 (half the file)")
     args = parser.parse_args()
     if len(args.members) < 2:
-        raise SystemExit("an ensemble needs at least two members")
+        raise SystemExit("an ensemble needs at least two members (an ensemble file counts as one)")
 
     loaded = [load_model(path) for path in args.members]
-    first_model, first_card = loaded[0]
+    first_card = loaded[0][1]
+    networks, members = [], []  # (MambaUNetV2, its card's summary) per member, ensembles opened up
     for path, (model, card) in zip(args.members, loaded, strict=True):
-        if (
-            _network(model.config) != _network(first_model.config)
-            or card["channels"] != first_card["channels"]
-        ):
-            raise SystemExit(f"{path}: config or channels differ from {args.members[0]}")
-    ensemble = MambaUNetV2Ensemble(first_model.config, len(loaded))
-    for member, (model, _) in zip(ensemble.members, loaded, strict=True):
-        member.load_state_dict(model.state_dict())
-    set_backend(ensemble, "auto")
-    views = parse_views(args.views) if args.views else card_views(first_card)
-    members = []
-    for path, (_, card) in zip(args.members, loaded, strict=True):
+        if card["channels"] != first_card["channels"]:
+            raise SystemExit(f"{path}: channels differ from {args.members[0]}'s")
+        if isinstance(model, MambaUNetV2Ensemble):  # its members join one by one, with their summaries
+            networks += list(model.members)
+            members += [{"from_ensemble": path.name, **m} for m in card["training"]["members"]]
+            continue
         summary = {k: v for k, v in card.get("training", {}).items() if k not in ("run_history", "baselines")}
+        networks.append(model)
         members.append(
             {
                 "file": path.name,
@@ -76,6 +77,11 @@ def main() -> int:
                 **summary,
             }
         )
+    ensemble = MambaUNetV2Ensemble([_network(model.config) for model in networks])
+    for member, model in zip(ensemble.members, networks, strict=True):
+        member.load_state_dict(model.state_dict())
+    set_backend(ensemble, "auto")
+    views = parse_views(args.views) if args.views else card_views(first_card)
     training = {"members": members}
     if args.validation:
         training["validation"] = evaluate_figures(args.validation.read_text())
@@ -86,8 +92,11 @@ def main() -> int:
         "normalisation": first_card.get("normalisation", {}),
         "training": training,
     }
+    check_slab_views(ensemble, views)  # a member of slab > 1 predicts axial slices only
     save_model(args.out, ensemble, card, storage_dtype=torch.float16 if args.half else None)
-    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB), {len(loaded)} members, views {views}")
+    print(
+        f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB), {len(networks)} members, views {views}"
+    )
     return 0
 
 

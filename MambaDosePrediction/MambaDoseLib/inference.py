@@ -186,10 +186,18 @@ def model_slab(model: torch.nn.Module) -> int:
     return slab
 
 
+def slab_groups(model: torch.nn.Module) -> list[tuple[torch.nn.Module, int]]:
+    """(module, members) per slab the model's networks take: an ensemble whose members take
+    different slabs gives one group per slab (``MambaUNetV2Ensemble.slab_groups``), any other
+    model ``[(model, 1)]``."""
+    groups = getattr(model, "slab_groups", None)
+    return groups() if callable(groups) else [(model, 1)]
+
+
 def check_slab_views(model: torch.nn.Module, views: Sequence[str]) -> None:
-    """InputError when a slab model (:func:`model_slab` > 1) is asked for views other than axial
-    alone: its slabs are consecutive axial slices."""
-    slab = model_slab(model)
+    """InputError when a slab model (:func:`model_slab` > 1; for an ensemble, any of its members)
+    is asked for views other than axial alone: its slabs are consecutive axial slices."""
+    slab = max(model_slab(module) for module, _ in slab_groups(model))
     if slab > 1 and tuple(views) != ("axial",):
         raise InputError(
             f"a slab model (slab={slab}: consecutive axial slices scanned together) predicts the "
@@ -284,7 +292,9 @@ def predict_volume(
     A slab model (``model.config.slab`` = k > 1, :func:`model_slab`) predicts axial slices only
     (InputError for other views) in windows of k consecutive slices (module docstring): the range
     from the first to the last wanted slice is computed, each slice as often as windows hold it
-    (the count ``progress`` reports), ``batch_size // k`` windows (at least one) per batch.
+    (the count ``progress`` reports), ``batch_size // k`` windows (at least one) per batch. An
+    ensemble whose members take different slabs (:func:`slab_groups`) is predicted group by group,
+    each group's mean weighted by its number of members, so the result is the mean over members.
     """
     if features.ndim != 4:
         raise InputError(f"features must be (C, I, J, K), got shape {features.shape}")
@@ -292,7 +302,9 @@ def predict_volume(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     views = check_views(views)
     check_slab_views(model, views)
-    slab = model_slab(model)
+    groups = [(module, model_slab(module), size) for module, size in slab_groups(model)]
+    if len(groups) == 1:  # one model, or one forward pass averaging the members: weight 1
+        groups = [(groups[0][0], groups[0][1], 1)]
     flips = _check_flips(tta_flips) if tta else ((),)
     if denormalise is None:
         from .features import denormalise_dose as denormalise
@@ -314,18 +326,18 @@ def predict_volume(
             return np.arange(features.shape[1 + VIEWS[view]])
         return slices_with_voxels(np.flip(within, axis=list(flip)) if flip else within, view)
 
-    def computed(view: str) -> int:
-        """Slices the model computes for ``view`` (a flip keeps the count)."""
+    def computed(view: str, slab: int) -> int:
+        """Slices a model of ``slab`` computes for ``view`` (a flip keeps the count)."""
         index = wanted(view, ())
         if slab == 1:
             return len(index)
         return slab * len(slab_windows(index, features.shape[1 + VIEWS[view]], slab))
 
-    total_slices = len(flips) * sum(computed(v) for v in views)
+    total_slices = len(flips) * sum(computed(v, slab) for v in views for _, slab, _ in groups)
     done = 0
 
-    def run(slices: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """The model on ``slices[rows]`` ((N, C, h, w) slices) -> (len(rows), h, w) normalised dose."""
+    def run(module: torch.nn.Module, slices: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """``module`` on ``slices[rows]`` ((N, C, h, w) slices) -> (len(rows), h, w) normalised dose."""
         nonlocal done
         if cancel is not None and cancel():
             raise PredictionCancelled(f"prediction cancelled after {done} of {total_slices} slices")
@@ -336,31 +348,34 @@ def predict_volume(
             batch = np.pad(batch, pad, mode="edge")
         x = torch.from_numpy(batch).to(device, non_blocking=True)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_autocast):
-            y = model(x)  # (B, 1, H', W')
+            y = module(x)  # (B, 1, H', W')
         result = y.float()[:, 0, :h, :w].cpu().numpy()
         done += len(rows)
         if progress is not None:
             progress(done, total_slices)
         return result
 
-    total = np.zeros(features.shape[1:], np.float32)  # (I, J, K), normalised
+    total = np.zeros(features.shape[1:], np.float32)  # (I, J, K), normalised, weighted by members
     with torch.inference_mode():
-        for flip in flips:
-            volume = _flipped(features, flip, swap_channels)
-            for view in views:
-                slices = to_slices(volume, view)  # (N, C, H, W), a view of the array
-                n, _, h, w = slices.shape
-                index = wanted(view, flip)
-                out = np.zeros((n, h, w), np.float32)
-                if slab == 1:
-                    for b0 in range(0, len(index), batch_size):
-                        rows = index[b0 : b0 + batch_size]
-                        out[rows] = run(slices, rows)
-                else:
-                    predict_in_slabs(out, functools.partial(run, slices), index, slab, batch_size)
-                pred = from_slices(out, view)
-                total += np.flip(pred, axis=list(flip)) if flip else pred
-    mean = total / np.float32(len(flips) * len(views))
+        for module, slab, members in groups:
+            for flip in flips:
+                volume = _flipped(features, flip, swap_channels)
+                for view in views:
+                    slices = to_slices(volume, view)  # (N, C, H, W), a view of the array
+                    n, _, h, w = slices.shape
+                    index = wanted(view, flip)
+                    out = np.zeros((n, h, w), np.float32)
+                    if slab == 1:
+                        for b0 in range(0, len(index), batch_size):
+                            rows = index[b0 : b0 + batch_size]
+                            out[rows] = run(module, slices, rows)
+                    else:
+                        predict_in_slabs(out, functools.partial(run, module, slices), index, slab, batch_size)
+                    pred = from_slices(out, view)
+                    if members != 1:
+                        pred = pred * np.float32(members)
+                    total += np.flip(pred, axis=list(flip)) if flip else pred
+    mean = total / np.float32(len(flips) * len(views) * sum(members for _, _, members in groups))
     dose = np.maximum(np.asarray(denormalise(mean), np.float32), 0.0)
     if within is not None:
         dose[~within] = 0.0

@@ -400,35 +400,91 @@ class MambaUNetV2(nn.Module):
 
 
 class MambaUNetV2Ensemble(nn.Module):
-    """``size`` MambaUNetV2 networks of one config, trained separately; the output is their mean.
+    """MambaUNetV2 networks trained separately; the output is their mean.
 
-    Same interface as MambaUNetV2 ((B, C_in, H, W) -> (B, C_out, H, W), ``config``); state_dict
-    keys are ``members.<i>.<MambaUNetV2 key>``. Averaging independently trained networks lowers
-    the variance part of the error (README, "Training and results"); it costs ``size`` forward
-    passes.
+    ``MambaUNetV2Ensemble(config, size)``: ``size`` networks of one config.
+    ``MambaUNetV2Ensemble([config, ...])``: one network per config; the configs may differ (e.g. 2D
+    and 3D members, other widths) but must take the same input channels and give the same outputs.
+    Same interface as MambaUNetV2 ((B, C_in, H, W) -> (B, C_out, H, W); ``config`` is the first
+    member's) as long as every member takes the same slab; members of different slabs take
+    different batches, so ``forward`` refuses them and ``inference.predict_volume`` predicts each
+    group of one slab on its own (:meth:`slab_groups`) and weighs the groups' means by their sizes.
+    state_dict keys are ``members.<i>.<MambaUNetV2 key>``. Averaging independently trained networks
+    lowers the variance part of the error (README, "Training and results"); it costs one forward
+    pass per member.
     """
 
-    def __init__(self, config: MambaUNetConfig, size: int) -> None:
+    def __init__(self, config: MambaUNetConfig | list[MambaUNetConfig], size: int | None = None) -> None:
         super().__init__()
-        if size < 2:
-            raise ValueError(f"an ensemble needs at least 2 members, got {size}")
-        self.members = nn.ModuleList(MambaUNetV2(config) for _ in range(size))
+        if isinstance(config, MambaUNetConfig):
+            configs = [config] * (size if size is not None else 0)
+        else:
+            if size is not None and size != len(config):
+                raise ValueError(f"size={size} but {len(config)} member configs given")
+            configs = list(config)
+        if len(configs) < 2:
+            raise ValueError(f"an ensemble needs at least 2 members, got {len(configs)}")
+        first = configs[0]
+        for i, c in enumerate(configs[1:], start=1):
+            if (c.in_channels, c.out_channels) != (first.in_channels, first.out_channels):
+                raise ValueError(
+                    f"ensemble member {i} takes {c.in_channels} channels to {c.out_channels}, "
+                    f"member 0 {first.in_channels} to {first.out_channels}"
+                )
+        self.members = nn.ModuleList(MambaUNetV2(c) for c in configs)
+
+    @property
+    def config(self) -> MambaUNetConfig:
+        """The first member's config (the input channels every member takes)."""
+        return self.members[0].config
+
+    @property
+    def configs(self) -> list[MambaUNetConfig]:
+        """Every member's config, in order."""
+        return [m.config for m in self.members]
+
+    def slab_groups(self) -> list[tuple[nn.Module, int]]:
+        """The members grouped by slab, in order of first appearance: (a module whose output is
+        the group's mean, the group's size). One group: ``[(self, len(members))]``."""
+        slabs: dict[int, list[MambaUNetV2]] = {}
+        for member in self.members:
+            slabs.setdefault(member.config.slab, []).append(member)
+        if len(slabs) == 1:
+            return [(self, len(self.members))]
+        return [(_MemberMean(group), len(group)) for group in slabs.values()]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean of the members' outputs, float32."""
+        if len({m.config.slab for m in self.members}) > 1:
+            raise ValueError(
+                "ensemble members take different slabs "
+                f"({sorted({m.config.slab for m in self.members})}): predict them with "
+                "inference.predict_volume, which runs each slab's members on their own"
+            )
+        return _mean_of(self.members, x)
+
+
+def _mean_of(members, x: torch.Tensor) -> torch.Tensor:
+    total = members[0](x)
+    for member in members[1:]:
+        total = total + member(x)
+    return total / len(members)
+
+
+class _MemberMean(nn.Module):
+    """Members of one ensemble that take the same slab, as one model (their mean); a view of the
+    ensemble's modules for prediction, never saved."""
+
+    def __init__(self, members: list[MambaUNetV2]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
 
     @property
     def config(self) -> MambaUNetConfig:
         return self.members[0].config
 
-    @config.setter
-    def config(self, value: MambaUNetConfig) -> None:
-        for member in self.members:
-            member.config = value
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean of the members' outputs, float32."""
-        total = self.members[0](x)
-        for member in self.members[1:]:
-            total = total + member(x)
-        return total / len(self.members)
+        return _mean_of(self.members, x)
 
 
 def set_backend(model: nn.Module, backend: str) -> None:
@@ -438,8 +494,8 @@ def set_backend(model: nn.Module, backend: str) -> None:
     for module in model.modules():
         if isinstance(module, Mamba2):
             module.backend = backend
-    if isinstance(getattr(model, "config", None), MambaUNetConfig):
-        model.config = replace(model.config, backend=backend)
+        elif isinstance(module, MambaUNetV2):  # each member of an ensemble keeps its own config
+            module.config = replace(module.config, backend=backend)
 
 
 def count_parameters(model: nn.Module) -> int:

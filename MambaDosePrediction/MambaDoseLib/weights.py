@@ -8,8 +8,10 @@ statistics included); ``MambaUNetV2_OpenKBP.json`` says what they are::
      "normalisation": {...}, "training": {...},
      "tensors": {name: shape}, "sha256": hex digest of the safetensors file}
 
-An ensemble of MambaUNetV2 networks of one config (``model.MambaUNetV2Ensemble``) is one file too:
-its card adds ``"ensemble_size": N`` and its tensors are named ``members.<i>.<name>``.
+An ensemble of MambaUNetV2 networks (``model.MambaUNetV2Ensemble``) is one file too: its card adds
+``"ensemble_size": N`` and its tensors are named ``members.<i>.<name>``. Members of different
+configs (e.g. 2D and 3D) add ``"member_configs"``, one config per member (``"config"`` is then
+member 0's); without it every member has ``"config"``.
 
 A model trained on one common in-plane voxel size (``mambadose train --inplane-spacing``) has
 ``"inplane_spacing_mm"`` in its card (absent: trained on each patient's own grid); prediction
@@ -113,8 +115,12 @@ def save_model(
         full["storage_dtype"] = str(storage_dtype).removeprefix("torch.")
     else:
         full.pop("storage_dtype", None)
+    full.pop("member_configs", None)
     if isinstance(model, MambaUNetV2Ensemble):
         full["ensemble_size"] = len(model.members)
+        configs = [c.to_dict() for c in model.configs]
+        if any(c != configs[0] for c in configs):
+            full["member_configs"] = configs
         _inherit_member_spacing(path, full)  # checked before anything is written
     else:
         full.pop("ensemble_size", None)
@@ -204,7 +210,8 @@ def load_model(
     path: str | os.PathLike, device: str | torch.device = "cpu", backend: str = "auto"
 ) -> tuple[MambaUNetV2, dict]:
     """Load weights and card written by save_model; returns (model in eval mode on ``device``, card).
-    The model is a MambaUNetV2, or a MambaUNetV2Ensemble when the card has ``ensemble_size`` > 1.
+    The model is a MambaUNetV2, or a MambaUNetV2Ensemble when the card has ``ensemble_size`` > 1
+    (with ``member_configs``: members of different configs).
 
     Checks: card present and well-formed, file SHA-256 equals the card's, file readable as
     safetensors, tensor names/shapes equal in card, file and model, ``in_channels ==
@@ -235,11 +242,18 @@ def load_model(
     size = card.get("ensemble_size", 1)
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise WeightsError(f"{card_path(path)}: ensemble_size must be a positive integer, got {size!r}")
+    members = _member_configs(path, card, size, backend)
     try:
         tensors = load_file(path, device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from exc
-    model = MambaUNetV2(config) if size == 1 else MambaUNetV2Ensemble(config, size)
+    if size == 1:
+        model = MambaUNetV2(config)
+    else:
+        try:
+            model = MambaUNetV2Ensemble(members or config, size)
+        except ValueError as exc:
+            raise WeightsError(f"{card_path(path)}: {exc}") from exc
     _check_tensors(path, tensors, card, model)
     try:
         model.load_state_dict(tensors, strict=True)
@@ -247,6 +261,23 @@ def load_model(
         raise WeightsError(f"{path}: state_dict does not load ({exc})") from exc
     set_backend(model, backend)
     return model.to(device).eval(), card
+
+
+def _member_configs(path: Path, card: dict, size: int, backend: str) -> list[MambaUNetConfig] | None:
+    """The card's ``member_configs`` (None when absent), each with ``backend``: one per member,
+    the first equal to ``config``. Raises WeightsError."""
+    raw = card.get("member_configs")
+    if raw is None:
+        return None
+    where = card_path(path)
+    if not isinstance(raw, list) or len(raw) != size or size < 2:
+        raise WeightsError(f"{where}: member_configs must list one config per member ({size})")
+    if any(not isinstance(c, dict) for c in raw) or raw[0] != card["config"]:
+        raise WeightsError(f"{where}: member_configs must be configs, the first equal to 'config'")
+    try:
+        return [MambaUNetConfig.from_dict({**c, "backend": backend}) for c in raw]
+    except (TypeError, ValueError) as exc:
+        raise WeightsError(f"{where}: invalid member config in the model card ({exc})") from exc
 
 
 def default_model_path() -> Path:
