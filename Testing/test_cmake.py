@@ -20,8 +20,8 @@ MODEL_DIR = ROOT / "Resources" / "Models"
 SHIPPED_MODEL = (
     "MambaUNetV2_OpenKBP.safetensors",
     "MambaUNetV2_OpenKBP.json",
-    "MambaUNetV2_OpenKBP_ensemble5.safetensors",
-    "MambaUNetV2_OpenKBP_ensemble5.json",
+    "MambaUNetV2_OpenKBP_ensemble.safetensors",
+    "MambaUNetV2_OpenKBP_ensemble.json",
 )
 
 _COMMAND = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*\(((?:[^()\"]|\"[^\"]*\")*)\)", re.S)

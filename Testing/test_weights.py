@@ -191,8 +191,10 @@ def test_shipped_models_load_and_agree_with_their_cards() -> None:
 
     models = Path(__file__).resolve().parents[1] / "Resources" / "Models"
     single, single_card = load_model(models / "MambaUNetV2_OpenKBP.safetensors", backend="torch")
-    ensemble, card = load_model(models / "MambaUNetV2_OpenKBP_ensemble5.safetensors", backend="torch")
-    assert isinstance(ensemble, MambaUNetV2Ensemble) and card["ensemble_size"] == 5
+    ensemble, card = load_model(models / "MambaUNetV2_OpenKBP_ensemble.safetensors", backend="torch")
+    assert isinstance(ensemble, MambaUNetV2Ensemble) and card["ensemble_size"] == 6
+    # five 2D networks (session 1-3) and one 3D network of slabs of 32 (session 8)
+    assert [(c.conv_dims, c.slab) for c in ensemble.configs] == [(2, 1)] * 5 + [(3, 32)]
     assert card["channels"] == single_card["channels"] == list(CHANNELS) and card["views"] == ["axial"]
     assert card["storage_dtype"] == single_card["storage_dtype"] == "float16"
     # the single model shipped until session 5 is the ensemble's member 0; the single model's card

@@ -5,8 +5,8 @@ from pathlib import Path
 MODELS = (
     "MambaUNetV2_OpenKBP.safetensors",
     "MambaUNetV2_OpenKBP.json",
-    "MambaUNetV2_OpenKBP_ensemble5.safetensors",
-    "MambaUNetV2_OpenKBP_ensemble5.json",
+    "MambaUNetV2_OpenKBP_ensemble.safetensors",
+    "MambaUNetV2_OpenKBP_ensemble.json",
 )
 
 

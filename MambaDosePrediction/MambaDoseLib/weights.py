@@ -39,8 +39,9 @@ from .model import MambaUNetConfig, MambaUNetV2, MambaUNetV2Ensemble, set_backen
 CARD_FORMAT = "mambadose-model/1"
 ARCHITECTURE = "MambaUNetV2"
 DEFAULT_MODEL_NAME = "MambaUNetV2_OpenKBP.safetensors"
-#: The shipped ensemble of five MambaUNetV2 (better on validation, about 5x slower on a CPU than the single network; README).
-ENSEMBLE_MODEL_NAME = "MambaUNetV2_OpenKBP_ensemble5.safetensors"
+#: The shipped ensemble: five 2D MambaUNetV2 and one 3D (since session 8; better on validation,
+#: about 6x slower on a CPU than the single network; README, "The shipped ensemble").
+ENSEMBLE_MODEL_NAME = "MambaUNetV2_OpenKBP_ensemble.safetensors"
 #: What ``--model ensemble`` names.
 ENSEMBLE_ALIAS = "ensemble"
 MODEL_ENV = "MAMBADOSE_MODEL"
