@@ -395,3 +395,17 @@ def test_mixed_ensemble_predicts_the_mean_of_its_members_group_by_group():
     assert isinstance(ensemble.members[0], MambaUNetV2)
     with pytest.raises(InputError, match="slab=8"):
         inference.predict_volume(ensemble, f, device="cpu", views=("axial", "coronal"))
+
+
+def test_ensemble_of_members_of_different_depth_pads_for_the_deepest():
+    """A volume whose in-plane size fits the shallower member only is padded for the deepest
+    member, whatever the members' order."""
+    from MambaDoseLib.model import MambaUNetConfig, MambaUNetV2Ensemble
+
+    torch.manual_seed(5)
+    shallow = MambaUNetConfig(in_channels=3, channels=(8, 16, 32), d_state=8, headdim=8, chunk_size=16)
+    deep = MambaUNetConfig(**{**shallow.to_dict(), "channels": (8, 16, 32, 64)})
+    f = np.random.default_rng(1).standard_normal((3, 12, 12, 3)).astype(np.float32)
+    for order in ([shallow, deep], [deep, shallow]):
+        dose = inference.predict_volume(MambaUNetV2Ensemble(order).eval(), f, device="cpu")
+        assert dose.shape == (12, 12, 3) and np.isfinite(dose).all()

@@ -296,19 +296,14 @@ def main() -> int:
                     )  # fmt: skip
                 )
                 print(f"{label} batch {batch}: {row['train'][-1]}", flush=True)
-        row.update(
-            time_volume(
-                runner,
-                device,
-                args.volume_slices,
-                infer_batch,
-                args.size,
-                args.repeats,
-                bf16,
-                cfg.in_channels,
+        if not args.no_volume:
+            chunk = max(infer_batch // cfg.slab, 1) * cfg.slab  # whole slabs per call
+            row.update(
+                time_volume(
+                    runner, device, args.volume_slices, chunk, args.size, args.repeats, bf16, cfg.in_channels
+                )
             )
-        )
-        print(f"{label}: volume {row['volume_s']:.3f} s", flush=True)
+            print(f"{label}: volume {row['volume_s']:.3f} s", flush=True)
         results["variants"].append(row)
         del model, runner
         if device.type == "cuda":

@@ -62,6 +62,9 @@ def main() -> int:
         if card["channels"] != first_card["channels"]:
             raise SystemExit(f"{path}: channels differ from {args.members[0]}'s")
         if isinstance(model, MambaUNetV2Ensemble):  # its members join one by one, with their summaries
+            summaries = card.get("training", {}).get("members")
+            if not isinstance(summaries, list) or len(summaries) != len(model.members):
+                raise SystemExit(f"{path}: its card's training.members does not list one summary per network")
             networks += list(model.members)
             members += [{"from_ensemble": path.name, **m} for m in card["training"]["members"]]
             continue

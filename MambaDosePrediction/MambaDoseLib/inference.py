@@ -172,10 +172,11 @@ def _flipped(
 
 
 def _slice_multiple(model: torch.nn.Module) -> int:
-    """Slice sizes the model takes are multiples of this (``2**levels`` for MambaUNetV2)."""
-    config = getattr(model, "config", None)
-    levels = getattr(config, "levels", None)
-    return 2**levels if isinstance(levels, int) else 1
+    """Slice sizes the model takes are multiples of this (``2**levels`` for MambaUNetV2; for an
+    ensemble, of its deepest member)."""
+    configs = getattr(model, "configs", None) or [getattr(model, "config", None)]
+    levels = [c.levels for c in configs if isinstance(getattr(c, "levels", None), int)]
+    return 2 ** max(levels) if levels else 1
 
 
 def model_slab(model: torch.nn.Module) -> int:

@@ -40,7 +40,7 @@ CARD_FORMAT = "mambadose-model/1"
 ARCHITECTURE = "MambaUNetV2"
 DEFAULT_MODEL_NAME = "MambaUNetV2_OpenKBP.safetensors"
 #: The shipped ensemble: five 2D MambaUNetV2 and one 3D (since session 8; better on validation,
-#: about 6x slower on a CPU than the single network; README, "The shipped ensemble").
+#: about 7x slower on a CPU than the single network; README, "The shipped ensemble").
 ENSEMBLE_MODEL_NAME = "MambaUNetV2_OpenKBP_ensemble.safetensors"
 #: What ``--model ensemble`` names.
 ENSEMBLE_ALIAS = "ensemble"

@@ -1,0 +1,69 @@
+"""Per-patient comparison of two predictions already in ``benchmarks/ensemble_eval.py``'s store: for
+how many validation patients is B better than A on the dose score and on the DVH score, and by how
+much on average (B - A). Each side is a weighted mean of stored models, as ensemble_eval scores it.
+
+    python benchmarks/paired_compare.py --a ENSEMBLE5.safetensors*5 --b ENSEMBLE5.safetensors*5 G95.safetensors
+
+Run ensemble_eval.py on the same models first (it fills the store).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from pathlib import Path
+
+import numpy as np
+from MambaDoseLib import inference, metrics, openkbp, weights
+
+
+def _members(specs: list[str], store: Path) -> list[tuple[Path, float]]:
+    out = []
+    for spec in specs:
+        path, _, weight = spec.partition("*")
+        _, card = weights.load_model(path)
+        views = inference.card_views(card)
+        key = hashlib.sha1(f"{card['sha256']}{views}".encode()).hexdigest()[:12]
+        out.append((store / key, float(weight or 1)))
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--a", nargs="+", required=True, help="MODEL[*WEIGHT] ...")
+    parser.add_argument("--b", nargs="+", required=True, help="MODEL[*WEIGHT] ...")
+    parser.add_argument("--split", type=Path, default=Path("/tmp/openkbp/validation-pats"))
+    parser.add_argument("--store", type=Path, default=Path("/tmp/mambadose-ensemble"))
+    args = parser.parse_args()
+    sides = [_members(args.a, args.store), _members(args.b, args.store)]
+    scores = []  # (patient, side) -> (dose, dvh)
+    for folder in openkbp.list_patient_dirs(args.split):
+        p = openkbp.read_patient(folder)
+        ref = metrics.openkbp_dvh_metrics(p.dose_gy, p.structures, p.voxel_volume_mm3)
+        row = []
+        for members in sides:
+            dose = np.average(
+                [np.load(store / f"{folder.name}.npy") for store, _ in members], axis=0,
+                weights=[w for _, w in members],
+            )  # fmt: skip
+            s = metrics.score_prediction(
+                dose, p.dose_gy, p.possible_dose_mask, p.structures, p.voxel_volume_mm3, ref
+            )
+            row.append(s[:2])
+        scores.append(row)
+    a = np.array([r[0] for r in scores])
+    b = np.array([r[1] for r in scores])
+    n = len(scores)
+    for i, name in enumerate(("dose score", "DVH score")):
+        diff = b[:, i] - a[:, i]
+        ok = np.isfinite(diff)
+        print(
+            f"{name}: B better for {int((diff[ok] < 0).sum())} of {int(ok.sum())} patients; "
+            f"mean B - A {diff[ok].mean():+.4f} Gy (sd {diff[ok].std():.4f})"
+        )
+    print(f"{n} patients of {args.split}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
