@@ -393,6 +393,7 @@ def test_mixed_ensemble_predicts_the_mean_of_its_members_group_by_group():
     np.testing.assert_allclose(got, (alone[0] + alone[1] + alone[2]) / 3, rtol=1e-5, atol=1e-5)
     assert seen[-1][0] == seen[-1][1] == 2 * (10 + 16)  # flips x (10 slices for the 2D pair + 2 windows of 8)
     assert isinstance(ensemble.members[0], MambaUNetV2)
+    assert inference.model_slab(ensemble) == 8  # the largest of its members'
     with pytest.raises(InputError, match="slab=8"):
         inference.predict_volume(ensemble, f, device="cpu", views=("axial", "coronal"))
 

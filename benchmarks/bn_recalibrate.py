@@ -83,9 +83,7 @@ def main() -> int:
     model, card = weights.load_model(args.model, device="cpu")
     if card.get("inplane_spacing_mm") is not None or tuple(inference.card_views(card)) != ("axial",):
         raise SystemExit("only axial models on the patients' own grid are supported here")
-    if (
-        max(inference.model_slab(m) for m, _ in inference.slab_groups(model)) > 1
-    ):  # shuffled batches would mix patients inside a slab
+    if inference.model_slab(model) > 1:  # shuffled batches would mix patients inside a slab
         raise SystemExit("slab models (--slab K > 1) are not supported here")
     torch.set_grad_enabled(False)
     t0 = time.perf_counter()

@@ -180,11 +180,14 @@ def _slice_multiple(model: torch.nn.Module) -> int:
 
 
 def model_slab(model: torch.nn.Module) -> int:
-    """Consecutive slices the model takes together (``model.config.slab``; 1 when absent)."""
-    slab = getattr(getattr(model, "config", None), "slab", 1)
-    if not isinstance(slab, int) or isinstance(slab, bool) or slab < 1:
-        raise ValueError(f"model config: slab must be a positive integer, got {slab!r}")
-    return slab
+    """Consecutive slices the model takes together (``model.config.slab``; 1 when absent); for an
+    ensemble whose members take different slabs, the largest."""
+    configs = getattr(model, "configs", None) or [getattr(model, "config", None)]
+    slabs = [getattr(c, "slab", 1) for c in configs]
+    for slab in slabs:
+        if not isinstance(slab, int) or isinstance(slab, bool) or slab < 1:
+            raise ValueError(f"model config: slab must be a positive integer, got {slab!r}")
+    return max(slabs)
 
 
 def slab_groups(model: torch.nn.Module) -> list[tuple[torch.nn.Module, int]]:
@@ -198,7 +201,7 @@ def slab_groups(model: torch.nn.Module) -> list[tuple[torch.nn.Module, int]]:
 def check_slab_views(model: torch.nn.Module, views: Sequence[str]) -> None:
     """InputError when a slab model (:func:`model_slab` > 1; for an ensemble, any of its members)
     is asked for views other than axial alone: its slabs are consecutive axial slices."""
-    slab = max(model_slab(module) for module, _ in slab_groups(model))
+    slab = model_slab(model)
     if slab > 1 and tuple(views) != ("axial",):
         raise InputError(
             f"a slab model (slab={slab}: consecutive axial slices scanned together) predicts the "
