@@ -27,6 +27,13 @@ import numpy as np
 from MambaDoseLib import inference, metrics, openkbp, weights
 
 
+def store_folder(root: Path, card: dict, views: tuple[str, ...], tta: bool = False) -> Path:
+    """Where a model's predictions (one ``pt_<N>.npy`` per patient) are kept under ``root``: keyed
+    by its weights' SHA-256, the views and the TTA (stored apart from those without)."""
+    key = f"{card['sha256']}{views}{'tta' if tta else ''}"
+    return root / hashlib.sha1(key.encode()).hexdigest()[:12]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+", help="MODEL.safetensors[@view,view]")
@@ -46,9 +53,7 @@ def main() -> int:
         path, _, views = spec.partition("@")
         model, card = weights.load_model(path, device=args.device)
         views = inference.parse_views(views) if views else inference.card_views(card)
-        tta = "tta" if args.tta else ""  # stored apart from the predictions without TTA
-        key = hashlib.sha1(f"{card['sha256']}{views}{tta}".encode()).hexdigest()[:12]
-        store = args.store / key
+        store = store_folder(args.store, card, views, args.tta)
         store.mkdir(parents=True, exist_ok=True)
         members.append(
             (f"{Path(path).parent.name}/{Path(path).name}@{','.join(views)}", model, card, views, store)

@@ -10,10 +10,10 @@ Run ensemble_eval.py on the same models first (it fills the store).
 from __future__ import annotations
 
 import argparse
-import hashlib
 from pathlib import Path
 
 import numpy as np
+from ensemble_eval import store_folder  # this folder is on sys.path when run as a script
 from MambaDoseLib import inference, metrics, openkbp, weights
 
 
@@ -21,10 +21,8 @@ def _members(specs: list[str], store: Path) -> list[tuple[Path, float]]:
     out = []
     for spec in specs:
         path, _, weight = spec.partition("*")
-        _, card = weights.load_model(path)
-        views = inference.card_views(card)
-        key = hashlib.sha1(f"{card['sha256']}{views}".encode()).hexdigest()[:12]
-        out.append((store / key, float(weight or 1)))
+        card = weights.read_card(path)
+        out.append((store_folder(store, card, inference.card_views(card)), float(weight or 1)))
     return out
 
 
