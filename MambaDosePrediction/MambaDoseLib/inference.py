@@ -171,19 +171,23 @@ def _flipped(
     return out
 
 
+def _configs(model: torch.nn.Module) -> list:
+    """The model's configs: an ensemble's members' (``configs``), else ``[model.config]`` (None
+    when the model has none)."""
+    return getattr(model, "configs", None) or [getattr(model, "config", None)]
+
+
 def _slice_multiple(model: torch.nn.Module) -> int:
     """Slice sizes the model takes are multiples of this (``2**levels`` for MambaUNetV2; for an
     ensemble, of its deepest member)."""
-    configs = getattr(model, "configs", None) or [getattr(model, "config", None)]
-    levels = [c.levels for c in configs if isinstance(getattr(c, "levels", None), int)]
+    levels = [c.levels for c in _configs(model) if isinstance(getattr(c, "levels", None), int)]
     return 2 ** max(levels) if levels else 1
 
 
 def model_slab(model: torch.nn.Module) -> int:
     """Consecutive slices the model takes together (``model.config.slab``; 1 when absent); for an
     ensemble whose members take different slabs, the largest."""
-    configs = getattr(model, "configs", None) or [getattr(model, "config", None)]
-    slabs = [getattr(c, "slab", 1) for c in configs]
+    slabs = [getattr(c, "slab", 1) for c in _configs(model)]
     for slab in slabs:
         if not isinstance(slab, int) or isinstance(slab, bool) or slab < 1:
             raise ValueError(f"model config: slab must be a positive integer, got {slab!r}")
