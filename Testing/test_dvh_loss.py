@@ -143,6 +143,51 @@ def test_sorted_dvh_loss_matches_a_per_pair_numpy_computation(case):
     assert loss == pytest.approx(_reference(pred, target, masks, min_voxels), abs=1e-5)
 
 
+@st.composite
+def _grouped_case(draw):
+    group, volumes, r = draw(st.integers(1, 4)), draw(st.integers(1, 2)), draw(st.integers(1, 3))
+    h, w = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    b = group * volumes
+    values = st.floats(-1.0, 1.0, width=32, allow_nan=False, allow_subnormal=False)
+    pred = draw(hnp.arrays(np.float32, (b, 1, h, w), elements=values))
+    target = draw(hnp.arrays(np.float32, (b, 1, h, w), elements=values))
+    masks = draw(hnp.arrays(np.bool_, (b, r, h, w)))
+    return pred, target, masks, draw(st.integers(1, 6)), group
+
+
+@settings(max_examples=100, deadline=None)
+@given(_grouped_case())
+def test_grouped_sorted_dvh_loss_matches_the_volumes_stacked_by_hand(case):
+    """group=K takes K consecutive rows as one volume: the same as the ungrouped loss on those rows
+    stacked along the first spatial axis (a slab's 3D DVH, not K slice DVHs)."""
+    pred, target, masks, min_voxels, group = case
+    volumes = pred.shape[0] // group
+
+    def stack(a):  # (volumes * K, C, H, W) -> (volumes, C, K * H, W)
+        v = a.reshape(volumes, group, a.shape[1], a.shape[2], a.shape[3]).transpose(0, 2, 1, 3, 4)
+        return v.reshape(volumes, a.shape[1], group * a.shape[2], a.shape[3])
+
+    expected = _reference(stack(pred), stack(target), stack(masks), min_voxels)
+    p, t, m = torch.from_numpy(pred), torch.from_numpy(target), torch.from_numpy(masks)
+    loss = sorted_dvh_loss(p, t, m, min_voxels=min_voxels, group=group).item()
+    assert loss == pytest.approx(expected, abs=1e-5)
+
+
+def test_grouped_sorted_dvh_loss_refuses_a_batch_of_partial_groups():
+    x = torch.zeros(6, 1, 4, 4)
+    with pytest.raises(ValueError, match="groups of 4"):
+        sorted_dvh_loss(x, x, torch.ones(6, 2, 4, 4, dtype=torch.bool), group=4)
+
+
+def test_grouped_sorted_dvh_loss_differs_from_the_slice_by_slice_one():
+    """Two slices whose doses are swapped between them: every slice DVH is wrong, the slab's is right."""
+    target = torch.tensor([0.0, 1.0]).view(2, 1, 1, 1).expand(2, 1, 3, 3).contiguous()
+    pred = target.flip(0)
+    masks = torch.ones(2, 1, 3, 3, dtype=torch.bool)
+    assert sorted_dvh_loss(pred, target, masks, min_voxels=1).item() == pytest.approx(1.0)
+    assert sorted_dvh_loss(pred, target, masks, min_voxels=1, group=2).item() == 0.0
+
+
 # --------------------------------------------------------------------------- structure masks
 
 

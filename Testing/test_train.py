@@ -970,3 +970,26 @@ def test_3d_training_writes_a_3d_model_that_predicts_and_resumes(phantoms, tmp_p
     assert dose[val[0].possible_dose_mask].max() > 0.0
     resumed = run_training(TrainConfig.from_dict({**cfg.to_dict(), "resume": True, "epochs": 2}), train, val)
     assert resumed["epochs"] == 2
+
+
+def test_slab_training_takes_the_dvh_term_over_each_slab(phantoms, tmp_path, monkeypatch):
+    """``--slab K --dvh-loss W``: the DVH term matches each slab's K slices as one volume (3D DVHs),
+    and such a run trains with a finite loss."""
+    from MambaDoseTrainingLib import train as train_module
+
+    train, val = phantoms
+    calls: list[tuple[int, int]] = []
+    real_dvh_loss = train_module.sorted_dvh_loss
+
+    def dvh_loss(pred, target, masks, **kwargs):
+        calls.append((masks.shape[0], kwargs.get("group", 1)))
+        return real_dvh_loss(pred, target, masks, **kwargs)
+
+    monkeypatch.setattr(train_module, "sorted_dvh_loss", dvh_loss)
+    cfg = _config(
+        tmp_path, mixer="mamba2", d_state=8, slab=8, epochs=1, max_val_patients=1, dvh_loss_weight=0.5,
+        model_options={"backend": "torch", "conv_dims": 3, "norm": "group"},
+    )  # fmt: skip
+    result = run_training(cfg, train, val)
+    assert calls and all(group == 8 and rows % 8 == 0 for rows, group in calls)
+    assert math.isfinite(result["history"][-1]["train_loss"])

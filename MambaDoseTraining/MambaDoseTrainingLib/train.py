@@ -123,8 +123,9 @@ class TrainConfig:
     validation, the best checkpoint and the exported model then use the average.
     Loss: ``dvh_loss_weight`` > 0 trains on ``masked_smooth_l1 + dvh_loss_weight *
     sorted_dvh_loss`` (the sorted-dose / 1-Wasserstein match of the dose distributions inside
-    every structure of a slice, structures taken from the input's ``mask_*`` / target ``psdm_*``
-    channels); an experiment outside the paper's recipe. 0 (default) = ``masked_smooth_l1`` alone.
+    every structure of a slice, or of a slab's K slices together in slab mode, structures taken
+    from the input's ``mask_*`` / target ``psdm_*`` channels); an experiment outside the paper's
+    recipe. 0 (default) = ``masked_smooth_l1`` alone.
     Speed: ``compile`` runs the training step through ``torch.compile`` with ``compile_mode``
     (:data:`COMPILE_MODES`; "reduce-overhead" and "max-autotune" replay CUDA graphs on a GPU).
     Neither is part of the architecture: a run may resume with or without them, in another mode.
@@ -394,20 +395,26 @@ def roi_masks_from_features(x: torch.Tensor, channels: Sequence[str]) -> torch.T
 
 
 def sorted_dvh_loss(
-    pred: torch.Tensor, target: torch.Tensor, masks: torch.Tensor, min_voxels: int = 8
+    pred: torch.Tensor, target: torch.Tensor, masks: torch.Tensor, min_voxels: int = 8, group: int = 1
 ) -> torch.Tensor:
     """Differentiable DVH match: mean over (sample, structure) pairs of the 1-Wasserstein distance
     between the predicted and the reference dose distributions inside the structure, in float32.
 
-    pred, target: (B, 1, H, W) on the [-1, 1] dose scale; masks: (B, R, H, W) bool. For every pair
-    with at least ``min_voxels`` voxels, the predicted and the reference values inside the mask
-    are sorted (ascending) and the mean absolute difference of the two sorted vectors is taken
-    (independent of where in the structure a dose lies, like a DVH). Returns the mean over those
-    pairs; 0 (still connected to ``pred``) when there is none.
+    pred, target: (B, 1, H, W) on the [-1, 1] dose scale; masks: (B, R, H, W) bool. A sample is
+    ``group`` consecutive rows of the batch taken as one volume (slab mode: the K slices of a slab,
+    so the match is over the structure's voxels in the whole slab, a 3D DVH); B must be a multiple
+    of ``group``. For every pair with at least ``min_voxels`` voxels, the predicted and the
+    reference values inside the mask are sorted (ascending) and the mean absolute difference of
+    the two sorted vectors is taken (independent of where in the structure a dose lies, like a
+    DVH). Returns the mean over those pairs; 0 (still connected to ``pred``) when there is none.
     """
-    b, r = masks.shape[:2]
-    n = masks.shape[-2] * masks.shape[-1]
-    m = masks.reshape(b, r, n)
+    r = masks.shape[1]
+    if group < 1 or masks.shape[0] % group:
+        raise ValueError(f"batch of {masks.shape[0]} rows is not made of groups of {group}")
+    b = masks.shape[0] // group
+    n = group * masks.shape[-2] * masks.shape[-1]
+    # (B, R, H, W) -> (b, R, group * H * W): the structure's voxels over the group's rows
+    m = masks.reshape(b, group, r, -1).transpose(1, 2).reshape(b, r, n)
     p = pred.float().reshape(b, 1, n).expand(b, r, n)
     t = target.float().reshape(b, 1, n).expand(b, r, n)
     inf = torch.full((), math.inf, dtype=torch.float32, device=pred.device)  # made there: no copy, no sync
@@ -1465,7 +1472,7 @@ def train_one_epoch(
             pred = model(x)
         loss = masked_smooth_l1(pred, y, w, cfg.loss_beta)
         if roi_masks is not None:
-            loss = loss + cfg.dvh_loss_weight * sorted_dvh_loss(pred, y, roi_masks)
+            loss = loss + cfg.dvh_loss_weight * sorted_dvh_loss(pred, y, roi_masks, group=cfg.slab)
         loss.backward()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
