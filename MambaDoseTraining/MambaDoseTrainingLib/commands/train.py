@@ -137,8 +137,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=0.0,
         metavar="W",
-        help="add W x the sorted DVH loss (per structure and slice, the mean absolute difference "
-        "of the sorted predicted and reference doses inside it) to the SmoothL1 loss; an experiment "
+        help="add W x the sorted DVH loss (per structure and slice, or slab with --slab, the mean "
+        "absolute difference of the sorted predicted and reference doses inside it) to the SmoothL1 "
+        "loss; an experiment "
         "outside the paper's recipe (default 0: the paper's loss alone)",
     )
     opt.add_argument("--grad-clip", type=float, default=1.0)

@@ -1,0 +1,100 @@
+"""Score several weighted means of stored predictions in one pass over the patients (CPU).
+
+    python benchmarks/ensemble_combos.py --model NAME=FILE[@VIEWS] ... --combo "LABEL=NAME*W+NAME+..." ...
+        [--split DIR] [--store DIR] [--tta]
+
+Every ``--model`` names a .safetensors file whose predictions ``benchmarks/ensemble_eval.py`` has
+stored (same ``--store``, views and ``--tta``; a model without stored predictions for every patient
+is refused by name: run ensemble_eval.py on it first). Every ``--combo`` is a voxel-wise weighted
+mean of named models (``*W`` weighs a model W times; an ensemble file counts as its weight). Each
+patient is read once and every combo scored on it with the challenge's definitions
+(``metrics.score_prediction``); prints each combo's dose score and DVH score (per patient and
+pooled), mean over patients. Choosing among combos on the validation set shares that set's
+optimism. Tune on validation only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+from ensemble_eval import store_folder  # this folder is on sys.path when run as a script
+from MambaDoseLib import inference, metrics, openkbp, weights
+
+
+def parse_combo(text: str, names: set[str]) -> tuple[str, list[tuple[str, float]]]:
+    """``"LABEL=a*5+b"`` -> ``("LABEL", [("a", 5.0), ("b", 1.0)])``; names must be known."""
+    label, sep, body = text.partition("=")
+    if not sep or not label or not body:
+        raise SystemExit(f"--combo {text!r}: expected LABEL=NAME[*W]+NAME[*W]...")
+    parts = []
+    for term in body.split("+"):
+        name, _, weight = term.strip().partition("*")
+        if name not in names:
+            raise SystemExit(f"--combo {label}: no --model named {name!r}")
+        w = float(weight or 1)
+        if not w > 0:
+            raise SystemExit(f"--combo {label}: weight of {name} must be > 0, got {weight}")
+        parts.append((name, w))
+    return label, parts
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", action="append", required=True, help="NAME=FILE.safetensors[@views]")
+    parser.add_argument("--combo", action="append", required=True, help="LABEL=NAME*W+NAME...")
+    parser.add_argument("--split", type=Path, default=Path("/tmp/openkbp/validation-pats"))
+    parser.add_argument("--store", type=Path, default=Path("/tmp/mambadose-ensemble"))
+    parser.add_argument("--tta", action="store_true", help="the stored predictions made with flip TTA")
+    args = parser.parse_args()
+
+    folders = openkbp.list_patient_dirs(args.split)
+    stores: dict[str, Path] = {}
+    for spec in args.model:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            raise SystemExit(f"--model {spec!r}: expected NAME=FILE")
+        path, _, views = path.partition("@")
+        card = weights.read_card(path)
+        views = inference.parse_views(views) if views else inference.card_views(card)
+        store = store_folder(args.store, card, views, args.tta)
+        missing = [f.name for f in folders if not (store / f"{f.name}.npy").exists()]
+        if missing:
+            raise SystemExit(
+                f"{name} ({path}): no stored prediction for {', '.join(missing[:3])} ... in {store}"
+            )
+        stores[name] = store
+    combos = [parse_combo(c, set(stores)) for c in args.combo]
+
+    scores: dict[str, list] = {label: [] for label, _ in combos}
+    for folder in folders:
+        patient = openkbp.read_patient(folder)
+        ref = metrics.openkbp_dvh_metrics(patient.dose_gy, patient.structures, patient.voxel_volume_mm3)
+        used = {n for _, parts in combos for n, _ in parts}
+        doses = {n: np.load(stores[n] / f"{folder.name}.npy") for n in used}
+        for label, parts in combos:
+            mean = np.average([doses[n] for n, _ in parts], axis=0, weights=[w for _, w in parts])
+            scores[label].append(
+                metrics.score_prediction(
+                    mean,
+                    patient.dose_gy,
+                    patient.possible_dose_mask,
+                    patient.structures,
+                    patient.voxel_volume_mm3,
+                    ref,
+                )  # fmt: skip
+            )
+        print(f"{folder.name} done", file=sys.stderr, flush=True)
+    print(f"{len(folders)} patients of {args.split}")
+    print(f"{'combo':40s} dose score  DVH score  DVH pooled  networks")
+    for label, parts in combos:
+        dose_mean, dvh_mean, pooled = metrics.score_summary(scores[label])
+        networks = " + ".join(f"{n}*{w:g}" if w != 1 else n for n, w in parts)
+        print(f"{label:40s} {dose_mean:10.4f} {dvh_mean:10.4f} {pooled:11.4f}  {networks}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
