@@ -1,0 +1,147 @@
+"""Greedy choice of ensemble members from stored predictions, under a file-size budget (CPU).
+
+    python benchmarks/ensemble_greedy.py --model NAME=FILE[@VIEWS][*W] ... [--start NAME ...]
+        [--budget-mb 50] [--split DIR] [--store DIR] [--halves]
+
+Every ``--model`` names a .safetensors file whose predictions ``benchmarks/ensemble_eval.py`` has
+stored (same ``--store`` and views); ``*W`` makes it count W networks in the mean (an ensemble
+file: its size). The search starts from the ``--start`` members (default none) and adds, one at a
+time and without repeats, the model whose addition gives the lowest dose score + DVH score (mean
+over patients of the challenge's per-patient scores, ``metrics.score_prediction``), as long as the
+members' float16 file sizes (a float32 file counts half its size) stay within ``--budget-mb`` (MB = 10^6
+bytes; the shipped ensemble file must stay under 50 MB). Prints every step with its dose score,
+DVH score (per patient and pooled).
+
+``--halves``: the choice made on one half of the patients (alternate patients in list order) is
+scored on the other half as well, both ways round, to show how much of a greedy gain is the
+selection fitting the patients it was chosen on. Tune on validation only.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from ensemble_eval import store_folder  # this folder is on sys.path when run as a script
+from MambaDoseLib import inference, metrics, openkbp, weights
+
+
+class Patients:
+    """The patients' reference data and every model's stored prediction, kept as the voxels of the
+    possible-dose mask and the structures (the predictions are 0 elsewhere; checked)."""
+
+    def __init__(self, split: Path, stores: dict[str, Path]) -> None:
+        self.items = []
+        for folder in openkbp.list_patient_dirs(split):
+            p = openkbp.read_patient(folder)
+            keep = p.possible_dose_mask.copy()
+            for mask in p.structures.values():
+                keep |= mask
+            preds = {}
+            for name, store in stores.items():
+                dose = np.load(store / f"{folder.name}.npy")
+                if np.any(dose[~keep]):
+                    raise SystemExit(
+                        f"{name}: {folder.name} has dose outside the possible-dose mask and structures"
+                    )
+                preds[name] = dose[keep].astype(np.float32)
+            ref = metrics.openkbp_dvh_metrics(p.dose_gy, p.structures, p.voxel_volume_mm3)
+            self.items.append((folder.name, p, keep, ref, preds))
+            print(f"read {folder.name}", flush=True)
+
+    def score(self, members: dict[str, float], which: list[int]) -> tuple[float, float, float]:
+        """(dose score, DVH score, pooled DVH score) of the weighted mean of ``members`` over the
+        patients at indices ``which``."""
+        results = []
+        total = sum(members.values())
+        for i in which:
+            _, p, keep, ref, preds = self.items[i]
+            mean = sum(preds[n] * (w / total) for n, w in members.items())
+            full = np.zeros(p.dose_gy.shape, np.float32)
+            full[keep] = mean
+            results.append(
+                metrics.score_prediction(
+                    full, p.dose_gy, p.possible_dose_mask, p.structures, p.voxel_volume_mm3, ref
+                )
+            )
+        return metrics.score_summary(results)
+
+
+def greedy(
+    data: Patients,
+    pool: dict[str, tuple[float, float]],
+    start: list[str],
+    budget: float,
+    which: list[int],
+) -> list[tuple[list[str], tuple[float, float, float]]]:
+    """Forward selection on the patients ``which``: the path of (members, scores), one per step."""
+    chosen = list(start)
+    path = [(list(chosen), data.score({n: pool[n][0] for n in chosen}, which))] if chosen else []
+    while True:
+        size = sum(pool[n][1] for n in chosen)
+        best = None
+        for name, (_, mb) in pool.items():
+            if name in chosen or size + mb > budget:
+                continue
+            s = data.score({n: pool[n][0] for n in [*chosen, name]}, which)
+            if best is None or s[0] + s[1] < best[1][0] + best[1][1]:
+                best = (name, s)
+        if best is None:
+            return path
+        chosen.append(best[0])
+        path.append((list(chosen), best[1]))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", action="append", required=True, help="NAME=FILE[@views][*W]")
+    parser.add_argument("--start", action="append", default=[], help="a member to start from")
+    parser.add_argument("--budget-mb", type=float, default=50.0)
+    parser.add_argument("--split", type=Path, default=Path("/tmp/openkbp/validation-pats"))
+    parser.add_argument("--store", type=Path, default=Path("/tmp/mambadose-ensemble"))
+    parser.add_argument("--halves", action="store_true", help="choose on one half, score on the other")
+    args = parser.parse_args()
+
+    pool: dict[str, tuple[float, float]] = {}  # name -> (weight, MB)
+    stores: dict[str, Path] = {}
+    for spec in args.model:
+        name, sep, rest = spec.partition("=")
+        if not sep:
+            raise SystemExit(f"--model {spec!r}: expected NAME=FILE")
+        rest, _, weight = rest.partition("*")
+        path, _, views = rest.partition("@")
+        card = weights.read_card(path)
+        views = inference.parse_views(views) if views else inference.card_views(card)
+        stores[name] = store_folder(args.store, card, views)
+        size = Path(path).stat().st_size / 1e6
+        if card.get("storage_dtype") in (None, "float32"):
+            size /= 2  # shipped as float16
+        pool[name] = (float(weight or 1), size)
+    for name in args.start:
+        if name not in pool:
+            raise SystemExit(f"--start {name}: no --model of that name")
+    data = Patients(args.split, stores)
+    n = len(data.items)
+
+    def show(title: str, path, other=None) -> None:
+        print(title)
+        for members, (dose, dvh, pooled) in path:
+            size = sum(pool[m][1] for m in members)
+            line = f"  {dose:.4f} {dvh:.4f} ({pooled:.4f})"
+            if other is not None:
+                o = data.score({m: pool[m][0] for m in members}, other)
+                line += f"   other half {o[0]:.4f} {o[1]:.4f} ({o[2]:.4f})"
+            print(f"{line}   {size:5.1f} MB  {' + '.join(members)}", flush=True)
+
+    print("dose score, DVH score (pooled) of each step; members in order of choice")
+    show(f"all {n} patients:", greedy(data, pool, args.start, args.budget_mb, list(range(n))))
+    if args.halves:
+        even, odd = list(range(0, n, 2)), list(range(1, n, 2))
+        show("chosen on the even patients:", greedy(data, pool, args.start, args.budget_mb, even), odd)
+        show("chosen on the odd patients:", greedy(data, pool, args.start, args.budget_mb, odd), even)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
