@@ -20,8 +20,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from ensemble_eval import store_folder  # this folder is on sys.path when run as a script
-from MambaDoseLib import inference, metrics, openkbp, weights
+from ensemble_eval import named_model  # this folder is on sys.path when run as a script
+from MambaDoseLib import metrics, openkbp
 
 
 def parse_combo(text: str, names: set[str]) -> tuple[str, list[tuple[str, float]]]:
@@ -53,13 +53,7 @@ def main() -> int:
     folders = openkbp.list_patient_dirs(args.split)
     stores: dict[str, Path] = {}
     for spec in args.model:
-        name, sep, path = spec.partition("=")
-        if not sep:
-            raise SystemExit(f"--model {spec!r}: expected NAME=FILE")
-        path, _, views = path.partition("@")
-        card = weights.read_card(path)
-        views = inference.parse_views(views) if views else inference.card_views(card)
-        store = store_folder(args.store, card, views, args.tta)
+        name, path, _, store, _ = named_model(spec, args.store, args.tta)
         missing = [f.name for f in folders if not (store / f"{f.name}.npy").exists()]
         if missing:
             raise SystemExit(

@@ -34,6 +34,19 @@ def store_folder(root: Path, card: dict, views: tuple[str, ...], tta: bool = Fal
     return root / hashlib.sha1(key.encode()).hexdigest()[:12]
 
 
+def named_model(spec: str, root: Path, tta: bool = False) -> tuple[str, Path, dict, Path, float]:
+    """``NAME=FILE[@VIEWS][*W]`` -> (name, file, card, store folder of its predictions, weight W)
+    (benchmarks/ensemble_combos.py, ensemble_greedy.py)."""
+    name, sep, rest = spec.partition("=")
+    if not sep or not name:
+        raise SystemExit(f"--model {spec!r}: expected NAME=FILE[@VIEWS][*W]")
+    rest, _, weight = rest.partition("*")
+    path, _, views = rest.partition("@")
+    card = weights.read_card(path)
+    views = inference.parse_views(views) if views else inference.card_views(card)
+    return name, Path(path), card, store_folder(root, card, views, tta), float(weight or 1)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+", help="MODEL.safetensors[@view,view]")

@@ -23,8 +23,8 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from ensemble_eval import store_folder  # this folder is on sys.path when run as a script
-from MambaDoseLib import inference, metrics, openkbp, weights
+from ensemble_eval import named_model  # this folder is on sys.path when run as a script
+from MambaDoseLib import metrics, openkbp
 
 
 class Patients:
@@ -106,18 +106,11 @@ def main() -> int:
     pool: dict[str, tuple[float, float]] = {}  # name -> (weight, MB)
     stores: dict[str, Path] = {}
     for spec in args.model:
-        name, sep, rest = spec.partition("=")
-        if not sep:
-            raise SystemExit(f"--model {spec!r}: expected NAME=FILE")
-        rest, _, weight = rest.partition("*")
-        path, _, views = rest.partition("@")
-        card = weights.read_card(path)
-        views = inference.parse_views(views) if views else inference.card_views(card)
-        stores[name] = store_folder(args.store, card, views)
-        size = Path(path).stat().st_size / 1e6
+        name, path, card, stores[name], weight = named_model(spec, args.store)
+        size = path.stat().st_size / 1e6
         if card.get("storage_dtype") in (None, "float32"):
             size /= 2  # shipped as float16
-        pool[name] = (float(weight or 1), size)
+        pool[name] = (weight, size)
     for name in args.start:
         if name not in pool:
             raise SystemExit(f"--start {name}: no --model of that name")
