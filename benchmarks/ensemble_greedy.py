@@ -14,7 +14,8 @@ DVH score (per patient and pooled).
 
 ``--halves``: the choice made on one half of the patients (alternate patients in list order) is
 scored on the other half as well, both ways round, to show how much of a greedy gain is the
-selection fitting the patients it was chosen on. Tune on validation only.
+selection fitting the patients it was chosen on. ``--compare "a*5+b"`` scores a fixed mean of named
+models (e.g. the shipped ensemble's members) on all patients and on each half, for reference. Tune on validation only.
 """
 
 from __future__ import annotations
@@ -101,6 +102,10 @@ def main() -> int:
     parser.add_argument("--split", type=Path, default=Path("/tmp/openkbp/validation-pats"))
     parser.add_argument("--store", type=Path, default=Path("/tmp/mambadose-ensemble"))
     parser.add_argument("--halves", action="store_true", help="choose on one half, score on the other")
+    parser.add_argument(
+        "--compare", action="append", default=[], metavar="NAME*W+NAME...",
+        help="also score this fixed mean of named models (all patients, and each half with --halves)",
+    )  # fmt: skip
     args = parser.parse_args()
 
     pool: dict[str, tuple[float, float]] = {}  # name -> (weight, MB)
@@ -127,10 +132,21 @@ def main() -> int:
                 line += f"   other half {o[0]:.4f} {o[1]:.4f} ({o[2]:.4f})"
             print(f"{line}   {size:5.1f} MB  {' + '.join(members)}", flush=True)
 
+    halves = [("even", list(range(0, n, 2))), ("odd", list(range(1, n, 2)))] if args.halves else []
+    for text in args.compare:
+        members = {}
+        for term in text.split("+"):
+            name, _, weight = term.strip().partition("*")
+            if name not in pool:
+                raise SystemExit(f"--compare {text}: no --model named {name!r}")
+            members[name] = float(weight or 1)
+        for label, which in [("all", list(range(n))), *halves]:
+            dose, dvh, pooled = data.score(members, which)
+            print(f"compare {text} on {label} patients: {dose:.4f} {dvh:.4f} ({pooled:.4f})", flush=True)
     print("dose score, DVH score (pooled) of each step; members in order of choice")
     show(f"all {n} patients:", greedy(data, pool, args.start, args.budget_mb, list(range(n))))
-    if args.halves:
-        even, odd = list(range(0, n, 2)), list(range(1, n, 2))
+    if halves:
+        (_, even), (_, odd) = halves
         show("chosen on the even patients:", greedy(data, pool, args.start, args.budget_mb, even), odd)
         show("chosen on the odd patients:", greedy(data, pool, args.start, args.budget_mb, odd), even)
     return 0
