@@ -34,7 +34,12 @@ class Patients:
 
     def __init__(self, split: Path, stores: dict[str, Path]) -> None:
         self.items = []
-        for folder in openkbp.list_patient_dirs(split):
+        folders = openkbp.list_patient_dirs(split)
+        for name, store in stores.items():
+            missing = [f.name for f in folders if not (store / f"{f.name}.npy").exists()]
+            if missing:
+                raise SystemExit(f"{name}: no stored prediction for {', '.join(missing[:3])} ... in {store}")
+        for folder in folders:
             p = openkbp.read_patient(folder)
             keep = p.possible_dose_mask.copy()
             for mask in p.structures.values():
