@@ -53,7 +53,9 @@ def main() -> int:
     folders = openkbp.list_patient_dirs(args.split)
     stores: dict[str, Path] = {}
     for spec in args.model:
-        name, path, _, store, _ = named_model(spec, args.store, args.tta)
+        name, path, _, store, weight = named_model(spec, args.store, args.tta)
+        if weight != 1:
+            raise SystemExit(f"--model {spec!r}: weights go in --combo (NAME*W), not in --model")
         missing = [f.name for f in folders if not (store / f"{f.name}.npy").exists()]
         if missing:
             raise SystemExit(

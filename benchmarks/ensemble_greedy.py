@@ -124,6 +124,8 @@ def main() -> int:
     for name in args.start:
         if name not in pool:
             raise SystemExit(f"--start {name}: no --model of that name")
+    if sum(pool[name][1] for name in args.start) > args.budget_mb:
+        raise SystemExit(f"--start members take more than --budget-mb {args.budget_mb:g} MB")
     data = Patients(args.split, stores)
     n = len(data.items)
 
@@ -145,6 +147,8 @@ def main() -> int:
             if name not in pool:
                 raise SystemExit(f"--compare {text}: no --model named {name!r}")
             members[name] = float(weight or 1)
+            if not members[name] > 0:
+                raise SystemExit(f"--compare {text}: weight of {name} must be > 0, got {weight}")
         for label, which in [("all", list(range(n))), *halves]:
             dose, dvh, pooled = data.score(members, which)
             print(f"compare {text} on {label} patients: {dose:.4f} {dvh:.4f} ({pooled:.4f})", flush=True)
