@@ -20,7 +20,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from ensemble_eval import named_model  # this folder is on sys.path when run as a script
+from ensemble_eval import (  # this folder is on sys.path when run as a script
+    STORE,
+    check_stored,
+    named_model,
+    parse_weighted,
+)
 from MambaDoseLib import metrics, openkbp
 
 
@@ -29,16 +34,7 @@ def parse_combo(text: str, names: set[str]) -> tuple[str, list[tuple[str, float]
     label, sep, body = text.partition("=")
     if not sep or not label or not body:
         raise SystemExit(f"--combo {text!r}: expected LABEL=NAME[*W]+NAME[*W]...")
-    parts = []
-    for term in body.split("+"):
-        name, _, weight = term.strip().partition("*")
-        if name not in names:
-            raise SystemExit(f"--combo {label}: no --model named {name!r}")
-        w = float(weight or 1)
-        if not w > 0:
-            raise SystemExit(f"--combo {label}: weight of {name} must be > 0, got {weight}")
-        parts.append((name, w))
-    return label, parts
+    return label, parse_weighted(body, names, f"--combo {label}")
 
 
 def main() -> int:
@@ -46,7 +42,7 @@ def main() -> int:
     parser.add_argument("--model", action="append", required=True, help="NAME=FILE.safetensors[@views]")
     parser.add_argument("--combo", action="append", required=True, help="LABEL=NAME*W+NAME...")
     parser.add_argument("--split", type=Path, default=Path("/tmp/openkbp/validation-pats"))
-    parser.add_argument("--store", type=Path, default=Path("/tmp/mambadose-ensemble"))
+    parser.add_argument("--store", type=Path, default=STORE)
     parser.add_argument("--tta", action="store_true", help="the stored predictions made with flip TTA")
     args = parser.parse_args()
 
@@ -56,19 +52,15 @@ def main() -> int:
         name, path, _, store, weight = named_model(spec, args.store, args.tta)
         if weight != 1:
             raise SystemExit(f"--model {spec!r}: weights go in --combo (NAME*W), not in --model")
-        missing = [f.name for f in folders if not (store / f"{f.name}.npy").exists()]
-        if missing:
-            raise SystemExit(
-                f"{name} ({path}): no stored prediction for {', '.join(missing[:3])} ... in {store}"
-            )
+        check_stored(f"{name} ({path})", store, folders)
         stores[name] = store
     combos = [parse_combo(c, set(stores)) for c in args.combo]
+    used = {n for _, parts in combos for n, _ in parts}
 
     scores: dict[str, list] = {label: [] for label, _ in combos}
     for folder in folders:
         patient = openkbp.read_patient(folder)
         ref = metrics.openkbp_dvh_metrics(patient.dose_gy, patient.structures, patient.voxel_volume_mm3)
-        used = {n for _, parts in combos for n, _ in parts}
         doses = {n: np.load(stores[n] / f"{folder.name}.npy") for n in used}
         for label, parts in combos:
             mean = np.average([doses[n] for n, _ in parts], axis=0, weights=[w for _, w in parts])

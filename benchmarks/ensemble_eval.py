@@ -34,6 +34,34 @@ def store_folder(root: Path, card: dict, views: tuple[str, ...], tta: bool = Fal
     return root / hashlib.sha1(key.encode()).hexdigest()[:12]
 
 
+#: Where the predictions are kept, one folder per model (``store_folder``); shared by the scripts
+#: that read them back (paired_compare.py, ensemble_combos.py, ensemble_greedy.py).
+STORE = Path("/tmp/mambadose-ensemble")
+
+
+def check_stored(name: str, store: Path, folders: list[Path]) -> None:
+    """Exit naming the model and the first patients when ``store`` lacks a prediction of one of
+    ``folders`` (run ensemble_eval.py on the model first)."""
+    missing = [f.name for f in folders if not (store / f"{f.name}.npy").exists()]
+    if missing:
+        raise SystemExit(f"{name}: no stored prediction for {', '.join(missing[:3])} ... in {store}")
+
+
+def parse_weighted(text: str, names: set[str], where: str) -> list[tuple[str, float]]:
+    """``"a*5+b"`` -> ``[("a", 5.0), ("b", 1.0)]``: names must be in ``names``, weights > 0
+    (``where`` starts the error message, e.g. the command-line option and its value)."""
+    parts = []
+    for term in text.split("+"):
+        name, _, weight = term.strip().partition("*")
+        if name not in names:
+            raise SystemExit(f"{where}: no --model named {name!r}")
+        w = float(weight or 1)
+        if not w > 0:
+            raise SystemExit(f"{where}: weight of {name} must be > 0, got {weight}")
+        parts.append((name, w))
+    return parts
+
+
 def named_model(spec: str, root: Path, tta: bool = False) -> tuple[str, Path, dict, Path, float]:
     """``NAME=FILE[@VIEWS][*W]`` -> (name, file, card, store folder of its predictions, weight W)
     (benchmarks/ensemble_combos.py, ensemble_greedy.py)."""
@@ -51,7 +79,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+", help="MODEL.safetensors[@view,view]")
     parser.add_argument("--split", type=Path, default=Path("/tmp/openkbp/validation-pats"))
-    parser.add_argument("--store", type=Path, default=Path("/tmp/mambadose-ensemble"))
+    parser.add_argument("--store", type=Path, default=STORE)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--tta", action="store_true", help="every model with the left-right flip TTA")
     parser.add_argument("--prefix-means", action="store_true", help="score the mean of the first k, every k")

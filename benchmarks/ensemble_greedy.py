@@ -24,7 +24,12 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from ensemble_eval import named_model  # this folder is on sys.path when run as a script
+from ensemble_eval import (  # this folder is on sys.path when run as a script
+    STORE,
+    check_stored,
+    named_model,
+    parse_weighted,
+)
 from MambaDoseLib import metrics, openkbp
 
 
@@ -36,9 +41,7 @@ class Patients:
         self.items = []
         folders = openkbp.list_patient_dirs(split)
         for name, store in stores.items():
-            missing = [f.name for f in folders if not (store / f"{f.name}.npy").exists()]
-            if missing:
-                raise SystemExit(f"{name}: no stored prediction for {', '.join(missing[:3])} ... in {store}")
+            check_stored(name, store, folders)
         for folder in folders:
             p = openkbp.read_patient(folder)
             keep = p.possible_dose_mask.copy()
@@ -105,7 +108,7 @@ def main() -> int:
     parser.add_argument("--start", action="append", default=[], help="a member to start from")
     parser.add_argument("--budget-mb", type=float, default=50.0)
     parser.add_argument("--split", type=Path, default=Path("/tmp/openkbp/validation-pats"))
-    parser.add_argument("--store", type=Path, default=Path("/tmp/mambadose-ensemble"))
+    parser.add_argument("--store", type=Path, default=STORE)
     parser.add_argument("--halves", action="store_true", help="choose on one half, score on the other")
     parser.add_argument(
         "--compare", action="append", default=[], metavar="NAME*W+NAME...",
@@ -141,14 +144,7 @@ def main() -> int:
 
     halves = [("even", list(range(0, n, 2))), ("odd", list(range(1, n, 2)))] if args.halves else []
     for text in args.compare:
-        members = {}
-        for term in text.split("+"):
-            name, _, weight = term.strip().partition("*")
-            if name not in pool:
-                raise SystemExit(f"--compare {text}: no --model named {name!r}")
-            members[name] = float(weight or 1)
-            if not members[name] > 0:
-                raise SystemExit(f"--compare {text}: weight of {name} must be > 0, got {weight}")
+        members = dict(parse_weighted(text, set(pool), f"--compare {text}"))
         for label, which in [("all", list(range(n))), *halves]:
             dose, dvh, pooled = data.score(members, which)
             print(f"compare {text} on {label} patients: {dose:.4f} {dvh:.4f} ({pooled:.4f})", flush=True)

@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from ensemble_eval import store_folder  # this folder is on sys.path when run as a script
+from ensemble_eval import STORE, store_folder  # this folder is on sys.path when run as a script
 from MambaDoseLib import inference, metrics, openkbp, weights
 
 
@@ -31,7 +31,7 @@ def main() -> int:
     parser.add_argument("--a", nargs="+", required=True, help="MODEL[*WEIGHT] ...")
     parser.add_argument("--b", nargs="+", required=True, help="MODEL[*WEIGHT] ...")
     parser.add_argument("--split", type=Path, default=Path("/tmp/openkbp/validation-pats"))
-    parser.add_argument("--store", type=Path, default=Path("/tmp/mambadose-ensemble"))
+    parser.add_argument("--store", type=Path, default=STORE)
     args = parser.parse_args()
     sides = [_members(args.a, args.store), _members(args.b, args.store)]
     scores = []  # (patient, side) -> (dose, dvh)
