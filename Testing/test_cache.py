@@ -144,3 +144,27 @@ def test_round_trip_real_patient(openkbp_patient_dir):
     data = C.encode_patient(ref)
     assert len(data) < 600_000  # the whole 202-patient cache must stay near 50 MB
     assert_round_trip(C.decode_patient(data, ref.patient_id), ref)
+
+
+def test_combine_caches_subsets_in_order_and_refusals(phantom_split, tmp_path):
+    C.build_cache(phantom_split, tmp_path / "a", progress=False)
+    make_phantom_folder(tmp_path / "split_b" / "pt_7", seed=7)
+    C.build_cache(tmp_path / "split_b", tmp_path / "b", progress=False)
+    summary = C.combine_caches([(tmp_path / "b", None), (tmp_path / "a", ["pt_2"])], tmp_path / "ab")
+    assert summary["patients"] == 2 and len(summary["sources"]) == 2
+    assert C.list_cached(tmp_path / "ab") == ["pt_7", "pt_2"]
+    for pid, src in (("pt_7", "b"), ("pt_2", "a")):
+        assert_round_trip(C.load_patient(tmp_path / "ab", pid), C.load_patient(tmp_path / src, pid))
+    assert sorted(p.name for p in (tmp_path / "ab").iterdir()) == ["index.json", "pt_2.npz.xz", "pt_7.npz.xz"]
+    with pytest.raises(InputError, match="already exists"):  # nothing overwritten
+        C.combine_caches([(tmp_path / "a", None)], tmp_path / "ab")
+    with pytest.raises(InputError, match="no patient pt_9"):
+        C.combine_caches([(tmp_path / "a", ["pt_9"])], tmp_path / "x1")
+    with pytest.raises(InputError, match="pt_1 given twice"):
+        C.combine_caches([(tmp_path / "a", None), (tmp_path / "a", ["pt_1"])], tmp_path / "x2")
+    index = json.loads((tmp_path / "b" / "index.json").read_text())
+    index["quantisation"]["ct"]["step"] = 5.0
+    (tmp_path / "b" / "index.json").write_text(json.dumps(index))
+    with pytest.raises(InputError, match="another quantisation"):
+        C.combine_caches([(tmp_path / "b", None)], tmp_path / "x3")
+    assert not (tmp_path / "x2" / "index.json").exists() and not (tmp_path / "x3" / "index.json").exists()

@@ -336,6 +336,61 @@ def list_cached(cache_dir: str | os.PathLike) -> list[str]:
     return [entry["id"] for entry in read_index(cache_dir)["patients"]]
 
 
+def combine_caches(
+    parts: list[tuple[str | os.PathLike, list[str] | None]], cache_dir: str | os.PathLike
+) -> dict:
+    """A new cache folder holding the patients ``ids`` of each ``(source cache, ids)`` part (``None``:
+    all of that cache), in the order given: e.g. the training patients plus half of the validation
+    patients, for cross-fitted runs or a final network trained on every patient.
+
+    Patient files are hard-linked where the file system allows it, else copied (atomically); the
+    index entries are the sources' own. Refuses (InputError naming the cache or patient) a source of
+    another format or quantisation, an id a source lacks, a patient listed twice, and an output
+    folder that already holds an index (nothing is overwritten). Returns ``cache_dir``,
+    ``patients`` and ``sources``.
+    """
+    out = Path(cache_dir)
+    if (out / INDEX_FILE).exists():
+        raise InputError(f"{out / INDEX_FILE}: already exists; choose a new folder")
+    entries: list[dict] = []
+    files: list[tuple[Path, Path]] = []
+    sources: list[str] = []
+    for source, ids in parts:
+        index = read_index(source)
+        if index.get("quantisation") != QUANTISATION:
+            raise InputError(f"{Path(source) / INDEX_FILE}: another quantisation than this code writes")
+        by_id = {entry["id"]: entry for entry in index["patients"]}
+        for pid in by_id if ids is None else ids:
+            if pid not in by_id:
+                raise InputError(f"{Path(source) / INDEX_FILE}: no patient {pid}")
+            entries.append(by_id[pid])
+            files.append((Path(source) / by_id[pid]["file"], out / by_id[pid]["file"]))
+        sources.append(str(index.get("source", source)))
+    seen: set[str] = set()
+    for entry in entries:
+        if entry["id"] in seen:
+            raise InputError(f"{out}: patient {entry['id']} given twice")
+        seen.add(entry["id"])
+    out.mkdir(parents=True, exist_ok=True)
+    for src, dst in files:
+        if not src.is_file():
+            raise InputError(f"{src}: listed in its cache's index but missing")
+        dst.unlink(missing_ok=True)
+        try:
+            os.link(src, dst)
+        except OSError:
+            _write_atomic(dst, src.read_bytes())
+    index = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "source": sources,
+        "quantisation": QUANTISATION,
+        "patients": entries,
+    }
+    _write_atomic(out / INDEX_FILE, json.dumps(index, indent=1).encode())
+    return {"cache_dir": str(out), "patients": len(entries), "sources": sources}
+
+
 def load_patient(cache_dir: str | os.PathLike, patient_id: str) -> Patient:
     """One cached patient as a dense ``Patient`` (see ``decode_patient`` for the precision)."""
     path = patient_file(cache_dir, patient_id)

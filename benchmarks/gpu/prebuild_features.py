@@ -1,9 +1,9 @@
-"""Build the feature slice files of /tmp/cache/{train,val} once, before several trainings share them
+"""Build the feature slice files of /tmp/cache/{train,val} (or --caches) once, before several trainings share them
 (benchmarks/gpu/multiview_runs.sh, ensemble_runs.sh). A file, not a heredoc: the spawned workers
 re-import the main script.
 
     python3 benchmarks/gpu/prebuild_features.py [--views axial,coronal,sagittal] [--workers 32]
-        [--inplane-spacing MM] [--channels 2.5d]
+        [--inplane-spacing MM] [--channels 2.5d] [--caches DIR ...]
 """
 
 from __future__ import annotations
@@ -23,17 +23,18 @@ def main() -> int:
     parser.add_argument("--root", default="/tmp/feat")
     parser.add_argument("--channels", default="2d", help="as mambadose train's option")
     parser.add_argument("--inplane-spacing", type=float, default=None, help="as mambadose train's option")
+    parser.add_argument("--caches", nargs="+", default=["/tmp/cache/train", "/tmp/cache/val"])
     args = parser.parse_args()
     channels = channels_for_preset(args.channels)
     views = parse_views(args.views)
-    for split in ("train", "val"):
-        src = str(Path(f"/tmp/cache/{split}").resolve())  # as `mambadose train` keys its folders
+    for cache in args.caches:
+        src = str(Path(cache).resolve())  # as `mambadose train` keys its folders
         folder = feature_folder(args.root, src, channels, views, args.inplane_spacing)
         build_slice_files(
             folder, list_cached(src), channels, cache_dir=src, workers=args.workers, views=views,
             inplane_spacing_mm=args.inplane_spacing,
         )  # fmt: skip
-        print(split, "features in", folder, flush=True)
+        print(cache, "features in", folder, flush=True)
     return 0
 
 

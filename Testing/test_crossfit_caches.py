@@ -1,0 +1,56 @@
+"""benchmarks/crossfit_caches.py: validation folds, each fold's training and held-out caches."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from MambaDoseLib.phantom import make_phantom_folder
+from MambaDoseTrainingLib import cache as C
+
+_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "crossfit_caches.py"
+
+
+@pytest.fixture(scope="module")
+def crossfit():
+    spec = importlib.util.spec_from_file_location("crossfit_caches", _PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fold_ids_round_robin(crossfit):
+    assert crossfit.fold_ids(["a", "b", "c", "d", "e"], 2) == [["a", "c", "e"], ["b", "d"]]
+    assert crossfit.fold_ids(["a", "b", "c"], 3) == [["a"], ["b"], ["c"]]
+    for bad in (1, 4):
+        with pytest.raises(ValueError, match="--folds"):
+            crossfit.fold_ids(["a", "b", "c"], bad)
+
+
+def test_folds_cover_every_validation_patient_once(crossfit, tmp_path, capsys):
+    for split, ids in (("train", (1, 2)), ("val", (201, 202, 203))):
+        for n in ids:
+            make_phantom_folder(tmp_path / split / f"pt_{n}", seed=n)
+        C.build_cache(tmp_path / split, tmp_path / f"c_{split}", progress=False)
+    out = tmp_path / "cf"
+    args = [
+        str(tmp_path / "c_train"),
+        str(tmp_path / "c_val"),
+        str(out),
+        "--openkbp-split",
+        str(tmp_path / "val"),
+    ]
+    assert crossfit.main(args) == 0
+    folds = json.loads((out / "folds.json").read_text())["folds"]
+    assert folds == [["pt_201", "pt_203"], ["pt_202"]]
+    for k, held in enumerate(folds):
+        assert C.list_cached(out / f"fold{k}" / "heldout") == held
+        train = C.list_cached(out / f"fold{k}" / "train")
+        assert train[:2] == ["pt_1", "pt_2"] and not set(train) & set(held)
+        assert set(train[2:]) | set(held) == {"pt_201", "pt_202", "pt_203"}
+        assert sorted(p.name for p in (out / f"fold{k}" / "heldout-pats").iterdir()) == held
+    assert "fold1: 1 held out (pt_202)" in capsys.readouterr().out
+    assert crossfit.main(args) == 2  # a second call writes nothing over the first
+    assert "already exists" in capsys.readouterr().err
