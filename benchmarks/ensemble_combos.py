@@ -11,11 +11,19 @@ patient is read once and every combo scored on it with the challenge's definitio
 (``metrics.score_prediction``); prints each combo's dose score and DVH score (per patient and
 pooled), mean over patients. Choosing among combos on the validation set shares that set's
 optimism. Tune on validation only.
+
+Cross-fitted networks (benchmarks/crossfit_caches.py): ``--crossfit NAME=FILE0,FILE1,...`` with
+``--folds OUT/folds.json`` names one network per fold, FILE<k> trained without fold k's validation
+patients; NAME then stands for FILE<k>'s prediction on each patient of fold k (stored for those
+patients only, e.g. by ``ensemble_eval.py FILE<k> --split OUT/fold<k>/heldout-pats``), so a combo of
+such names scores every patient out of sample. With ``--folds`` every combo is also scored on each
+fold's patients alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -39,21 +47,45 @@ def parse_combo(text: str, names: set[str]) -> tuple[str, list[tuple[str, float]
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", action="append", required=True, help="NAME=FILE.safetensors[@views]")
+    parser.add_argument("--model", action="append", default=[], help="NAME=FILE.safetensors[@views]")
+    parser.add_argument("--crossfit", action="append", default=[], help="NAME=FILE0,FILE1,... (one per fold)")
+    parser.add_argument("--folds", type=Path, help="folds.json of benchmarks/crossfit_caches.py")
     parser.add_argument("--combo", action="append", required=True, help="LABEL=NAME*W+NAME...")
     parser.add_argument("--split", type=Path, default=Path("/tmp/openkbp/validation-pats"))
     parser.add_argument("--store", type=Path, default=STORE)
     parser.add_argument("--tta", action="store_true", help="the stored predictions made with flip TTA")
     args = parser.parse_args()
+    if not args.model and not args.crossfit:
+        raise SystemExit("give at least one --model or --crossfit")
+    if args.crossfit and args.folds is None:
+        raise SystemExit("--crossfit needs --folds")
 
     folders = openkbp.list_patient_dirs(args.split)
-    stores: dict[str, Path] = {}
+    fold_of: dict[str, int] = {}
+    if args.folds is not None:
+        fold_of = {pid: k for k, ids in enumerate(json.loads(args.folds.read_text())["folds"]) for pid in ids}
+        outside = [f.name for f in folders if f.name not in fold_of]
+        if outside:
+            raise SystemExit(f"{args.folds}: no fold holds {', '.join(outside[:3])} of {args.split}")
+    stores: dict[str, dict[str, Path]] = {}  # name -> patient id -> store folder of its prediction
     for spec in args.model:
         name, path, _, store, weight = named_model(spec, args.store, args.tta)
         if weight != 1:
             raise SystemExit(f"--model {spec!r}: weights go in --combo (NAME*W), not in --model")
         check_stored(f"{name} ({path})", store, folders)
-        stores[name] = store
+        stores[name] = {f.name: store for f in folders}
+    n_folds = len(set(fold_of.values()))
+    for spec in args.crossfit:
+        name, sep, files = spec.partition("=")
+        files = files.split(",")
+        if not sep or not name or len(files) != n_folds:
+            raise SystemExit(f"--crossfit {spec!r}: expected NAME= and {n_folds} files, one per fold")
+        stores[name] = {}
+        for k, file in enumerate(files):
+            _, path, _, store, _ = named_model(f"{name}={file}", args.store, args.tta)
+            held = [f for f in folders if fold_of[f.name] == k]
+            check_stored(f"{name} fold {k} ({path})", store, held)
+            stores[name].update({f.name: store for f in held})
     combos = [parse_combo(c, set(stores)) for c in args.combo]
     used = {n for _, parts in combos for n, _ in parts}
 
@@ -61,7 +93,7 @@ def main() -> int:
     for folder in folders:
         patient = openkbp.read_patient(folder)
         ref = metrics.openkbp_dvh_metrics(patient.dose_gy, patient.structures, patient.voxel_volume_mm3)
-        doses = {n: np.load(stores[n] / f"{folder.name}.npy") for n in used}
+        doses = {n: np.load(stores[n][folder.name] / f"{folder.name}.npy") for n in used}
         for label, parts in combos:
             mean = np.average([doses[n] for n, _ in parts], axis=0, weights=[w for _, w in parts])
             scores[label].append(
@@ -81,6 +113,12 @@ def main() -> int:
         dose_mean, dvh_mean, pooled = metrics.score_summary(scores[label])
         networks = " + ".join(f"{n}*{w:g}" if w != 1 else n for n, w in parts)
         print(f"{label:40s} {dose_mean:10.4f} {dvh_mean:10.4f} {pooled:11.4f}  {networks}")
+    for k in range(n_folds):
+        rows = [i for i, f in enumerate(folders) if fold_of[f.name] == k]
+        print(f"fold {k} only ({len(rows)} patients):")
+        for label, _ in combos:
+            dose_mean, dvh_mean, pooled = metrics.score_summary([scores[label][i] for i in rows])
+            print(f"  {label:38s} {dose_mean:10.4f} {dvh_mean:10.4f} {pooled:11.4f}")
     return 0
 
 

@@ -1,0 +1,108 @@
+"""benchmarks/ensemble_combos.py: weighted means of stored predictions, and cross-fitted names whose
+prediction for each patient comes from the network of that patient's fold."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from MambaDoseLib import openkbp
+from MambaDoseLib.model import MambaUNetConfig, MambaUNetV2
+from MambaDoseLib.phantom import make_phantom_folder
+from MambaDoseLib.weights import save_model
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))  # ensemble_combos.py imports ensemble_eval as a sibling
+from ensemble_eval import store_folder  # noqa: E402
+
+
+def _model_file(path: Path, seed: int) -> Path:
+    cfg = MambaUNetConfig(in_channels=3, channels=(8, 16, 16, 32), d_state=8, headdim=8, chunk_size=16)
+    save_model(
+        path, MambaUNetV2(cfg).eval(), {"channels": ["ct", "ptv_map", "possible_dose_mask"], "seed": seed}
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """Two phantom patients (pt_1 in fold 0, pt_2 in fold 1), three model files, and a store where
+    every stored prediction is the reference dose plus a known offset inside the possible-dose mask."""
+    root = tmp_path_factory.mktemp("combos")
+    split = root / "split"
+    for n in (1, 2):
+        make_phantom_folder(split / f"pt_{n}", seed=n)
+    (root / "folds.json").write_text(json.dumps({"folds": [["pt_1"], ["pt_2"]]}))
+    files = {
+        name: _model_file(root / f"{name}.safetensors", seed) for seed, name in enumerate(("a0", "a1", "b"))
+    }
+    store = root / "store"
+    offsets = {("a0", "pt_1"): 1.0, ("a1", "pt_2"): 3.0, ("b", "pt_1"): 2.0, ("b", "pt_2"): 2.0}
+    for (name, pid), offset in offsets.items():
+        card = json.loads(files[name].with_suffix(".json").read_text())
+        folder = store_folder(store, card, ("axial",))
+        folder.mkdir(parents=True, exist_ok=True)
+        patient = openkbp.read_patient(split / pid)
+        np.save(folder / f"{pid}.npy", patient.dose_gy + offset * patient.possible_dose_mask)
+    return root, split, files, store
+
+
+def _run(root, split, store, *args):
+    cmd = [
+        sys.executable,
+        str(BENCH / "ensemble_combos.py"),
+        "--split",
+        str(split),
+        "--store",
+        str(store),
+        *args,
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=root)
+
+
+def test_crossfit_name_takes_each_patient_from_its_fold(setup):
+    root, split, files, store = setup
+    result = _run(
+        root, split, store, "--folds", str(root / "folds.json"), "--model", f"b={files['b']}",
+        "--crossfit", f"a={files['a0']},{files['a1']}", "--combo", "ca=a", "--combo", "cb=b",
+        "--combo", "cab=a*3+b",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    overall = {ln.split()[0]: float(ln.split()[1]) for ln in lines[2:5]}
+    assert overall == pytest.approx({"ca": 2.0, "cb": 2.0, "cab": (1.25 + 2.75) / 2}, abs=1e-4)
+    fold0 = {ln.split()[0]: float(ln.split()[1]) for ln in lines[6:9]}
+    fold1 = {ln.split()[0]: float(ln.split()[1]) for ln in lines[10:13]}
+    assert lines[5].startswith("fold 0 only (1 patients)") and lines[9].startswith("fold 1 only")
+    assert fold0 == pytest.approx({"ca": 1.0, "cb": 2.0, "cab": 1.25}, abs=1e-4)
+    assert fold1 == pytest.approx({"ca": 3.0, "cb": 2.0, "cab": 2.75}, abs=1e-4)
+
+
+def test_refusals_name_the_problem(setup):
+    root, split, files, store = setup
+    folds = ["--folds", str(root / "folds.json")]
+    swapped = _run(
+        root, split, store, *folds, "--crossfit", f"a={files['a1']},{files['a0']}", "--combo", "c=a"
+    )
+    assert swapped.returncode != 0 and "a fold 0" in swapped.stderr and "pt_1" in swapped.stderr
+    one_file = _run(root, split, store, *folds, "--crossfit", f"a={files['a0']}", "--combo", "c=a")
+    assert one_file.returncode != 0 and "2 files, one per fold" in one_file.stderr
+    no_folds = _run(root, split, store, "--crossfit", f"a={files['a0']},{files['a1']}", "--combo", "c=a")
+    assert no_folds.returncode != 0 and "--crossfit needs --folds" in no_folds.stderr
+    (root / "folds1.json").write_text(json.dumps({"folds": [["pt_1"]]}))
+    outside = _run(
+        root,
+        split,
+        store,
+        "--folds",
+        str(root / "folds1.json"),
+        "--model",
+        f"b={files['b']}",
+        "--combo",
+        "c=b",
+    )
+    assert outside.returncode != 0 and "no fold holds pt_2" in outside.stderr
