@@ -203,6 +203,10 @@ def test_roi_masks_from_features_uses_masks_and_target_distance_maps():
         "psdm_PTV63",  # the target has a mask channel: not used twice
     )
     assert roi_channel_indices(channels) == ([1, 6], [4])
+    assert roi_channel_indices(channels, "targets") == ([6], [4])  # mask_PTV63, psdm_PTV70
+    assert roi_channel_indices(channels, "oars") == ([1], [])  # mask_Brainstem
+    with pytest.raises(ValueError, match="rois must be one of all, targets, oars"):
+        roi_channel_indices(channels, "ptvs")
     x = torch.zeros(2, len(channels), 2, 3)
     x[:, 1] = torch.tensor([[0.6, 0.4, 1.0], [0.0, 0.51, 0.5]])  # interpolated mask values
     x[:, 2] = 1.0
@@ -260,6 +264,13 @@ def test_config_refuses_a_negative_or_non_finite_weight(tmp_path):
             _config(tmp_path, dvh_loss_weight=bad).check()
 
 
+def test_config_refuses_unknown_dvh_loss_rois(tmp_path):
+    for rois in ("all", "targets", "oars"):
+        _config(tmp_path, dvh_loss_weight=1.0, dvh_loss_rois=rois).check()
+    with pytest.raises(InputError, match="--dvh-loss-rois must be one of all, targets, oars"):
+        _config(tmp_path, dvh_loss_weight=1.0, dvh_loss_rois="ptv").check()
+
+
 def test_cli_option_dvh_loss_reaches_the_config_and_old_configs_load():
     from MambaDoseTrainingLib.commands.train import add_arguments
 
@@ -270,11 +281,17 @@ def test_cli_option_dvh_loss_reaches_the_config_and_old_configs_load():
     cfg = TrainConfig.from_args(parser.parse_args([*base, "--dvh-loss", "0.25"]))
     assert cfg.dvh_loss_weight == 0.25
     assert TrainConfig.from_dict(cfg.to_dict()).dvh_loss_weight == 0.25
+    assert cfg.dvh_loss_rois == "all"
+    targets = TrainConfig.from_args(
+        parser.parse_args([*base, "--dvh-loss", "1", "--dvh-loss-rois", "targets"])
+    )
+    assert TrainConfig.from_dict(targets.to_dict()).dvh_loss_rois == "targets"
     old = cfg.to_dict()
-    del old["dvh_loss_weight"]  # a config saved before the option existed
+    del old["dvh_loss_weight"], old["dvh_loss_rois"]  # a config saved before the options existed
     old["some_future_option"] = 1
     restored = TrainConfig.from_dict(old)
-    assert restored.dvh_loss_weight == 0.0 and restored.inplane_spacing_mm == cfg.inplane_spacing_mm
+    assert restored.dvh_loss_weight == 0.0 and restored.dvh_loss_rois == "all"
+    assert restored.inplane_spacing_mm == cfg.inplane_spacing_mm
 
 
 def test_training_with_the_dvh_loss_runs_and_adds_the_term(tmp_path):
@@ -287,3 +304,18 @@ def test_training_with_the_dvh_loss_runs_and_adds_the_term(tmp_path):
     assert dvh["status"] == "completed" and dvh["epochs"] == 1
     assert math.isfinite(dvh["history"][0]["train_loss"]) and math.isfinite(dvh["best_val_dose_score"])
     assert dvh["history"][0]["train_loss"] > plain["history"][0]["train_loss"]  # the total loss is logged
+
+
+def test_training_with_the_dvh_loss_on_targets_or_organs_only(tmp_path):
+    train = [make_phantom(SHAPE, seed=s, patient_id=f"pt_{s}") for s in (1, 2)]
+    val = [make_phantom(SHAPE, seed=201, patient_id="pt_201")]
+    common = dict(epochs=1, slices_per_epoch=8, warmup_epochs=0, dvh_loss_weight=0.5)
+    losses = {}
+    for rois in ("all", "targets", "oars"):
+        result = run_training(_config(tmp_path / rois, dvh_loss_rois=rois, **common), train, val)
+        assert result["status"] == "completed"
+        losses[rois] = result["history"][0]["train_loss"]
+    plain = run_training(_config(tmp_path / "plain", **{**common, "dvh_loss_weight": 0.0}), train, val)
+    # same weights and batch: each term adds to the voxel loss, and the three terms differ
+    assert min(losses["targets"], losses["oars"]) > plain["history"][0]["train_loss"]
+    assert len({round(v, 9) for v in losses.values()}) == 3

@@ -124,8 +124,8 @@ class TrainConfig:
     Loss: ``dvh_loss_weight`` > 0 trains on ``masked_smooth_l1 + dvh_loss_weight *
     sorted_dvh_loss`` (the sorted-dose / 1-Wasserstein match of the dose distributions inside
     every structure of a slice, or of a slab's K slices together in slab mode, structures taken
-    from the input's ``mask_*`` / target ``psdm_*`` channels); an experiment outside the paper's
-    recipe. 0 (default) = ``masked_smooth_l1`` alone.
+    from the input's ``mask_*`` / target ``psdm_*`` channels; ``dvh_loss_rois`` "targets" or "oars"
+    keeps the PTVs or the organs at risk only); an experiment outside the paper's recipe. 0 (default) = ``masked_smooth_l1`` alone.
     Speed: ``compile`` runs the training step through ``torch.compile`` with ``compile_mode``
     (:data:`COMPILE_MODES`; "reduce-overhead" and "max-autotune" replay CUDA graphs on a GPU).
     Neither is part of the architecture: a run may resume with or without them, in another mode.
@@ -152,6 +152,7 @@ class TrainConfig:
     patience: int = 10
     loss_beta: float = 0.05
     dvh_loss_weight: float = 0.0
+    dvh_loss_rois: str = "all"
     grad_clip: float = 1.0
     ema_decay: float = 0.0
     seed: int = 0
@@ -224,6 +225,7 @@ class TrainConfig:
             patience=args.patience,
             loss_beta=args.loss_beta,
             dvh_loss_weight=args.dvh_loss,
+            dvh_loss_rois=args.dvh_loss_rois,
             grad_clip=args.grad_clip,
             ema_decay=args.ema,
             seed=args.seed,
@@ -262,6 +264,10 @@ class TrainConfig:
             raise InputError(f"--lr and --loss-beta must be > 0, got {self.lr} and {self.loss_beta}")
         if not (math.isfinite(self.dvh_loss_weight) and self.dvh_loss_weight >= 0):
             raise InputError(f"--dvh-loss must be a finite number >= 0, got {self.dvh_loss_weight}")
+        if self.dvh_loss_rois not in DVH_LOSS_ROIS:
+            raise InputError(
+                f"--dvh-loss-rois must be one of {', '.join(DVH_LOSS_ROIS)}, got {self.dvh_loss_rois!r}"
+            )
         if not 0.0 <= self.ema_decay < 1.0:
             raise InputError(f"--ema must lie in [0, 1), got {self.ema_decay}")
         if self.warmup_epochs < 0:
@@ -344,19 +350,28 @@ def masked_smooth_l1(
     return (loss * w).sum() / w.sum().clamp_min(1.0)
 
 
-def roi_channel_indices(channels: Sequence[str]) -> tuple[list[int], list[int]]:
+#: Which structures the DVH term matches (``--dvh-loss-rois``).
+DVH_LOSS_ROIS = ("all", "targets", "oars")
+
+
+def roi_channel_indices(channels: Sequence[str], rois: str = "all") -> tuple[list[int], list[int]]:
     """Indices of the input channels that give structure masks (see :func:`roi_masks_from_features`):
     (``mask_<ROI>`` channels, ``psdm_<target>`` channels of targets without a ``mask_`` channel).
-    Neighbour-slice channels (``_prev`` / ``_next``, any offset) are not used."""
+    Neighbour-slice channels (``_prev`` / ``_next``, any offset) are not used. ``rois``: "all",
+    "targets" (the PTVs only) or "oars" (the organs at risk only), as in :data:`DVH_LOSS_ROIS`."""
     from MambaDoseLib.features import split_neighbour
     from MambaDoseLib.rois import TARGET_NAMES
 
     def own_slice(name: str) -> bool:
         return split_neighbour(name)[1] == 0
 
+    if rois not in DVH_LOSS_ROIS:
+        raise ValueError(f"rois must be one of {', '.join(DVH_LOSS_ROIS)}, got {rois!r}")
     names = list(channels)
     mask_idx = [i for i, n in enumerate(names) if n.startswith("mask_") and own_slice(n)]
     masked = {names[i][len("mask_") :] for i in mask_idx}
+    if rois != "all":  # keep the masks of one kind; target distance maps only for "targets"
+        mask_idx = [i for i in mask_idx if (names[i][len("mask_") :] in TARGET_NAMES) == (rois == "targets")]
     psdm_idx = [
         i
         for i, n in enumerate(names)
@@ -364,6 +379,7 @@ def roi_channel_indices(channels: Sequence[str]) -> tuple[list[int], list[int]]:
         and own_slice(n)
         and n[len("psdm_") :] in TARGET_NAMES
         and n[len("psdm_") :] not in masked
+        and rois != "oars"
     ]
     return mask_idx, psdm_idx
 
@@ -1436,14 +1452,17 @@ def train_one_epoch(
     mark_step = torch.compiler.cudagraph_mark_step_begin if cfg.cudagraphs else None
     dvh_idx = None
     if cfg.dvh_loss_weight > 0:
-        mask_idx, psdm_idx = roi_channel_indices(data.channels)
+        mask_idx, psdm_idx = roi_channel_indices(data.channels, cfg.dvh_loss_rois)
         if mask_idx or psdm_idx:
             dvh_idx = (
                 torch.tensor(mask_idx, dtype=torch.long, device=device),
                 torch.tensor(psdm_idx, dtype=torch.long, device=device),
             )
         elif rt.is_main:
-            log.warning("--dvh-loss: no mask_ or target psdm_ input channel, the DVH term is skipped")
+            log.warning(
+                "--dvh-loss: no mask_ or target psdm_ input channel for --dvh-loss-rois %s, the DVH term is skipped",
+                cfg.dvh_loss_rois,
+            )
     loss_sum = torch.zeros((), device=device)
     bar = tqdm(
         total=steps_per_epoch,

@@ -142,6 +142,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "loss; an experiment "
         "outside the paper's recipe (default 0: the paper's loss alone)",
     )
+    opt.add_argument(
+        "--dvh-loss-rois",
+        default="all",
+        choices=("all", "targets", "oars"),
+        help="structures the --dvh-loss term matches: all (default), the PTVs only, or the organs at risk only",
+    )
     opt.add_argument("--grad-clip", type=float, default=1.0)
     opt.add_argument(
         "--ema",
