@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MAMBADOSE_OPENKBP_DATA", REPO.parent / "shared" / "data"))
+
+
+def load_script(path: Path) -> ModuleType:
+    """A script that is not in a package (benchmarks/*.py, a Slicer module file) loaded as a module
+    named after its file; its ``if __name__ == "__main__"`` block does not run."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _unpacked_openkbp(tmp_root: Path, pattern: str) -> Path:

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_script
 
 _PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "bn_recalibrate.py"
 
 
 @pytest.fixture(scope="module")
 def bn_recalibrate():
-    spec = importlib.util.spec_from_file_location("bn_recalibrate", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(_PATH)
 
 
 def test_statistics_are_those_of_the_data_without_dropout(bn_recalibrate):

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 from MambaDoseLib.phantom import make_phantom_folder
 from MambaDoseTrainingLib import cache as C
 
@@ -15,10 +15,7 @@ _PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "crossfit_caches.py
 
 @pytest.fixture(scope="module")
 def crossfit():
-    spec = importlib.util.spec_from_file_location("crossfit_caches", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(_PATH)
 
 
 def test_fold_ids_round_robin(crossfit):

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_API = Path(os.environ.get("MAMBADOSE_SLICER_API", ROOT.parent / "shared" / "slicer-api"))
@@ -1008,9 +1009,7 @@ def test_parameter_bindings_match_fields_and_widget_types():
 
 
 def test_training_script_paths_source_and_installed_layout(tmp_path):
-    spec = importlib.util.spec_from_file_location("MambaDoseTrainingScript", TRAINING)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # outside Slicer: no module classes, no error
+    module = load_script(TRAINING)  # outside Slicer: no module classes, no error
     source = module.libraryPaths(str(TRAINING.parent))
     assert source == [str(TRAINING.parent), str(ROOT / "MambaDosePrediction")]
     installed = tmp_path / "qt-scripted-modules"
