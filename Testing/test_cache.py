@@ -156,12 +156,19 @@ def test_combine_caches_subsets_in_order_and_refusals(phantom_split, tmp_path):
     for pid, src in (("pt_7", "b"), ("pt_2", "a")):
         assert_round_trip(C.load_patient(tmp_path / "ab", pid), C.load_patient(tmp_path / src, pid))
     assert sorted(p.name for p in (tmp_path / "ab").iterdir()) == ["index.json", "pt_2.npz.xz", "pt_7.npz.xz"]
+    assert (tmp_path / "ab" / "pt_2.npz.xz").stat().st_ino == (tmp_path / "a" / "pt_2.npz.xz").stat().st_ino
+    again = C.combine_caches([(tmp_path / "ab", None)], tmp_path / "abc")  # a combined cache as a source
+    assert again["sources"] == summary["sources"] and all(isinstance(s, str) for s in again["sources"])
     with pytest.raises(InputError, match="already exists"):  # nothing overwritten
         C.combine_caches([(tmp_path / "a", None)], tmp_path / "ab")
     with pytest.raises(InputError, match="no patient pt_9"):
         C.combine_caches([(tmp_path / "a", ["pt_9"])], tmp_path / "x1")
     with pytest.raises(InputError, match="pt_1 given twice"):
         C.combine_caches([(tmp_path / "a", None), (tmp_path / "a", ["pt_1"])], tmp_path / "x2")
+    (tmp_path / "a" / "pt_1.npz.xz").rename(tmp_path / "a" / "moved")
+    with pytest.raises(InputError, match="pt_1.npz.xz: listed in its cache's index but missing"):
+        C.combine_caches([(tmp_path / "b", None), (tmp_path / "a", None)], tmp_path / "x4")
+    assert not (tmp_path / "x4").exists()  # refused before anything was written
     index = json.loads((tmp_path / "b" / "index.json").read_text())
     index["quantisation"]["ct"]["step"] = 5.0
     (tmp_path / "b" / "index.json").write_text(json.dumps(index))

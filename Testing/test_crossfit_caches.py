@@ -31,6 +31,12 @@ def test_folds_cover_every_validation_patient_once(crossfit, tmp_path, capsys):
         for n in ids:
             make_phantom_folder(tmp_path / split / f"pt_{n}", seed=n)
         C.build_cache(tmp_path / split, tmp_path / f"c_{split}", progress=False)
+    (tmp_path / "partial").mkdir()
+    (tmp_path / "partial" / "pt_201").symlink_to(tmp_path / "val" / "pt_201")
+    missing = [str(tmp_path / "c_train"), str(tmp_path / "c_val"), str(tmp_path / "cf_bad")]
+    assert crossfit.main([*missing, "--openkbp-split", str(tmp_path / "partial")]) == 2
+    assert "pt_202: no such patient folder" in capsys.readouterr().err
+    assert not (tmp_path / "cf_bad").exists()  # checked before anything was written
     out = tmp_path / "cf"
     args = [
         str(tmp_path / "c_train"),

@@ -205,6 +205,7 @@ def test_roi_masks_from_features_uses_masks_and_target_distance_maps():
     assert roi_channel_indices(channels) == ([1, 6], [4])
     assert roi_channel_indices(channels, "targets") == ([6], [4])  # mask_PTV63, psdm_PTV70
     assert roi_channel_indices(channels, "oars") == ([1], [])  # mask_Brainstem
+    assert roi_channel_indices(("mask_Body", "mask_Larynx"), "oars") == ([1], [])  # organs at risk only
     with pytest.raises(ValueError, match="rois must be one of all, targets, oars"):
         roi_channel_indices(channels, "ptvs")
     x = torch.zeros(2, len(channels), 2, 3)
@@ -269,6 +270,8 @@ def test_config_refuses_unknown_dvh_loss_rois(tmp_path):
         _config(tmp_path, dvh_loss_weight=1.0, dvh_loss_rois=rois).check()
     with pytest.raises(InputError, match="--dvh-loss-rois must be one of all, targets, oars"):
         _config(tmp_path, dvh_loss_weight=1.0, dvh_loss_rois="ptv").check()
+    with pytest.raises(InputError, match="--dvh-loss-rois oars has no effect without --dvh-loss"):
+        _config(tmp_path, dvh_loss_rois="oars").check()
 
 
 def test_cli_option_dvh_loss_reaches_the_config_and_old_configs_load():

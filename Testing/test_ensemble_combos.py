@@ -10,14 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_script
 from MambaDoseLib import openkbp
 from MambaDoseLib.model import MambaUNetConfig, MambaUNetV2
 from MambaDoseLib.phantom import make_phantom_folder
 from MambaDoseLib.weights import save_model
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))  # ensemble_combos.py imports ensemble_eval as a sibling
-from ensemble_eval import store_folder  # noqa: E402
+store_folder = load_script(BENCH / "ensemble_eval.py").store_folder  # where the scripts keep predictions
 
 
 def _model_file(path: Path, seed: int) -> Path:
@@ -68,7 +68,7 @@ def test_crossfit_name_takes_each_patient_from_its_fold(setup):
     root, split, files, store = setup
     result = _run(
         root, split, store, "--folds", str(root / "folds.json"), "--model", f"b={files['b']}",
-        "--crossfit", f"a={files['a0']},{files['a1']}", "--combo", "ca=a", "--combo", "cb=b",
+        "--crossfit", f"a={files['a0']}:{files['a1']}", "--combo", "ca=a", "--combo", "cb=b",
         "--combo", "cab=a*3+b",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -86,12 +86,21 @@ def test_refusals_name_the_problem(setup):
     root, split, files, store = setup
     folds = ["--folds", str(root / "folds.json")]
     swapped = _run(
-        root, split, store, *folds, "--crossfit", f"a={files['a1']},{files['a0']}", "--combo", "c=a"
+        root, split, store, *folds, "--crossfit", f"a={files['a1']}:{files['a0']}", "--combo", "c=a"
     )
     assert swapped.returncode != 0 and "a fold 0" in swapped.stderr and "pt_1" in swapped.stderr
     one_file = _run(root, split, store, *folds, "--crossfit", f"a={files['a0']}", "--combo", "c=a")
-    assert one_file.returncode != 0 and "2 files, one per fold" in one_file.stderr
-    no_folds = _run(root, split, store, "--crossfit", f"a={files['a0']},{files['a1']}", "--combo", "c=a")
+    assert one_file.returncode != 0 and "2 files, one per fold, joined by ':'" in one_file.stderr
+    weighted = _run(
+        root, split, store, *folds, "--crossfit", f"a={files['a0']}*2:{files['a1']}", "--combo", "c=a"
+    )
+    assert weighted.returncode != 0 and "weights go in --combo" in weighted.stderr
+    twice = _run(
+        root, split, store, *folds, "--model", f"a={files['b']}", "--crossfit", f"a={files['a0']}:{files['a1']}",
+        "--combo", "c=a",
+    )  # fmt: skip
+    assert twice.returncode != 0 and "the name a is given twice" in twice.stderr
+    no_folds = _run(root, split, store, "--crossfit", f"a={files['a0']}:{files['a1']}", "--combo", "c=a")
     assert no_folds.returncode != 0 and "--crossfit needs --folds" in no_folds.stderr
     (root / "folds1.json").write_text(json.dumps({"folds": [["pt_1"]]}))
     outside = _run(

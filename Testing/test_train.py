@@ -237,12 +237,20 @@ def test_train_resume_after_time_limit_matches_uninterrupted_run(phantoms, tmp_p
     # so may the loss, with a warning: the card records only the new value
     caplog.set_level(logging.WARNING)
     more = run_training(
-        _config(part, resume=True, epochs=3, model_options={"backend": "torch"}, dvh_loss_weight=0.5),
+        _config(
+            part,
+            resume=True,
+            epochs=3,
+            model_options={"backend": "torch"},
+            dvh_loss_weight=0.5,
+            dvh_loss_rois="targets",
+        ),  # fmt: skip
         train,
         val,
     )
     assert more["epochs"] == 3
     assert "--dvh-loss was 0.0, now 0.5" in caplog.text and "--loss-beta" not in caplog.text
+    assert "--dvh-loss-rois was all, now targets" in caplog.text
 
 
 def test_mamba2_torch_backend_trains(phantoms, tmp_path):

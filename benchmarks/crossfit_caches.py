@@ -45,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         folds = fold_ids(val_ids, args.folds)
         if (args.out / "folds.json").exists():
             raise InputError(f"{args.out / 'folds.json'}: already exists; choose a new folder")
+        if args.openkbp_split is not None:  # every patient folder checked before anything is written
+            for pid in val_ids:
+                if not (args.openkbp_split / pid).is_dir():
+                    raise InputError(f"{args.openkbp_split / pid}: no such patient folder in --openkbp-split")
         for k, held in enumerate(folds):
             rest = [pid for pid in val_ids if pid not in held]
             fold = args.out / f"fold{k}"
@@ -54,14 +58,12 @@ def main(argv: list[str] | None = None) -> int:
                 pats = fold / "heldout-pats"
                 pats.mkdir(parents=True, exist_ok=True)
                 for pid in held:
-                    src = (args.openkbp_split / pid).resolve()
-                    if not src.is_dir():
-                        raise InputError(f"{src}: no such patient folder in --openkbp-split")
-                    os.symlink(src, pats / pid)
+                    (pats / pid).unlink(missing_ok=True)  # a link left by an interrupted call
+                    os.symlink((args.openkbp_split / pid).resolve(), pats / pid)
             print(f"fold{k}: {len(held)} held out ({', '.join(held)}); training cache of "
                   f"{len(list_cached(fold / 'train'))} patients", flush=True)  # fmt: skip
         (args.out / "folds.json").write_text(json.dumps({"folds": folds}, indent=1) + "\n")
-    except (InputError, ValueError) as exc:
+    except (InputError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -12,12 +12,12 @@ patient is read once and every combo scored on it with the challenge's definitio
 pooled), mean over patients. Choosing among combos on the validation set shares that set's
 optimism. Tune on validation only.
 
-Cross-fitted networks (benchmarks/crossfit_caches.py): ``--crossfit NAME=FILE0,FILE1,...`` with
+Cross-fitted networks (benchmarks/crossfit_caches.py): ``--crossfit NAME=FILE0:FILE1:...`` with
 ``--folds OUT/folds.json`` names one network per fold, FILE<k> trained without fold k's validation
 patients; NAME then stands for FILE<k>'s prediction on each patient of fold k (stored for those
 patients only, e.g. by ``ensemble_eval.py FILE<k> --split OUT/fold<k>/heldout-pats``), so a combo of
 such names scores every patient out of sample. With ``--folds`` every combo is also scored on each
-fold's patients alone.
+fold's patients alone (folds without a patient in ``--split`` are left out).
 """
 
 from __future__ import annotations
@@ -48,7 +48,9 @@ def parse_combo(text: str, names: set[str]) -> tuple[str, list[tuple[str, float]
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", default=[], help="NAME=FILE.safetensors[@views]")
-    parser.add_argument("--crossfit", action="append", default=[], help="NAME=FILE0,FILE1,... (one per fold)")
+    parser.add_argument(
+        "--crossfit", action="append", default=[], help="NAME=FILE0[@VIEWS]:FILE1[@VIEWS]:... (one per fold)"
+    )
     parser.add_argument("--folds", type=Path, help="folds.json of benchmarks/crossfit_caches.py")
     parser.add_argument("--combo", action="append", required=True, help="LABEL=NAME*W+NAME...")
     parser.add_argument("--split", type=Path, default=Path("/tmp/openkbp/validation-pats"))
@@ -72,17 +74,25 @@ def main() -> int:
         name, path, _, store, weight = named_model(spec, args.store, args.tta)
         if weight != 1:
             raise SystemExit(f"--model {spec!r}: weights go in --combo (NAME*W), not in --model")
+        if name in stores:
+            raise SystemExit(f"--model {spec!r}: the name {name} is given twice")
         check_stored(f"{name} ({path})", store, folders)
         stores[name] = {f.name: store for f in folders}
     n_folds = len(set(fold_of.values()))
     for spec in args.crossfit:
         name, sep, files = spec.partition("=")
-        files = files.split(",")
+        files = files.split(":")
         if not sep or not name or len(files) != n_folds:
-            raise SystemExit(f"--crossfit {spec!r}: expected NAME= and {n_folds} files, one per fold")
+            raise SystemExit(
+                f"--crossfit {spec!r}: expected NAME= and {n_folds} files, one per fold, joined by ':'"
+            )
+        if name in stores:
+            raise SystemExit(f"--crossfit {spec!r}: the name {name} is given twice")
         stores[name] = {}
         for k, file in enumerate(files):
-            _, path, _, store, _ = named_model(f"{name}={file}", args.store, args.tta)
+            _, path, _, store, weight = named_model(f"{name}={file}", args.store, args.tta)
+            if weight != 1:
+                raise SystemExit(f"--crossfit {spec!r}: weights go in --combo (NAME*W), not in --crossfit")
             held = [f for f in folders if fold_of[f.name] == k]
             check_stored(f"{name} fold {k} ({path})", store, held)
             stores[name].update({f.name: store for f in held})
@@ -115,6 +125,8 @@ def main() -> int:
         print(f"{label:40s} {dose_mean:10.4f} {dvh_mean:10.4f} {pooled:11.4f}  {networks}")
     for k in range(n_folds):
         rows = [i for i, f in enumerate(folders) if fold_of[f.name] == k]
+        if not rows:
+            continue
         print(f"fold {k} only ({len(rows)} patients):")
         for label, _ in combos:
             dose_mean, dvh_mean, pooled = metrics.score_summary([scores[label][i] for i in rows])

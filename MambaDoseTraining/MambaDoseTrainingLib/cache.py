@@ -344,10 +344,12 @@ def combine_caches(
     patients, for cross-fitted runs or a final network trained on every patient.
 
     Patient files are hard-linked where the file system allows it, else copied (atomically); the
-    index entries are the sources' own. Refuses (InputError naming the cache or patient) a source of
-    another format or quantisation, an id a source lacks, a patient listed twice, and an output
-    folder that already holds an index (nothing is overwritten). Returns ``cache_dir``,
-    ``patients`` and ``sources``.
+    index entries are the sources' own, and the index is written last. Refuses (InputError naming
+    the cache or patient), before writing anything, a source of another format or quantisation, an
+    id a source lacks or whose file is missing, a patient listed twice, and an output folder that
+    already holds an index (a cache is never overwritten; patient files left in a folder without
+    an index, by an interrupted call, are replaced). Returns ``cache_dir``, ``patients`` and
+    ``sources``.
     """
     out = Path(cache_dir)
     if (out / INDEX_FILE).exists():
@@ -363,9 +365,13 @@ def combine_caches(
         for pid in by_id if ids is None else ids:
             if pid not in by_id:
                 raise InputError(f"{Path(source) / INDEX_FILE}: no patient {pid}")
+            src = Path(source) / by_id[pid]["file"]
+            if not src.is_file():
+                raise InputError(f"{src}: listed in its cache's index but missing")
             entries.append(by_id[pid])
-            files.append((Path(source) / by_id[pid]["file"], out / by_id[pid]["file"]))
-        sources.append(str(index.get("source", source)))
+            files.append((src, out / by_id[pid]["file"]))
+        earlier = index.get("source", str(source))  # a combined cache lists its sources
+        sources.extend(earlier if isinstance(earlier, list) else [str(earlier)])
     seen: set[str] = set()
     for entry in entries:
         if entry["id"] in seen:
@@ -373,8 +379,6 @@ def combine_caches(
         seen.add(entry["id"])
     out.mkdir(parents=True, exist_ok=True)
     for src, dst in files:
-        if not src.is_file():
-            raise InputError(f"{src}: listed in its cache's index but missing")
         dst.unlink(missing_ok=True)
         try:
             os.link(src, dst)

@@ -268,6 +268,8 @@ class TrainConfig:
             raise InputError(
                 f"--dvh-loss-rois must be one of {', '.join(DVH_LOSS_ROIS)}, got {self.dvh_loss_rois!r}"
             )
+        if self.dvh_loss_rois != "all" and self.dvh_loss_weight == 0:
+            raise InputError(f"--dvh-loss-rois {self.dvh_loss_rois} has no effect without --dvh-loss W > 0")
         if not 0.0 <= self.ema_decay < 1.0:
             raise InputError(f"--ema must lie in [0, 1), got {self.ema_decay}")
         if self.warmup_epochs < 0:
@@ -360,7 +362,7 @@ def roi_channel_indices(channels: Sequence[str], rois: str = "all") -> tuple[lis
     Neighbour-slice channels (``_prev`` / ``_next``, any offset) are not used. ``rois``: "all",
     "targets" (the PTVs only) or "oars" (the organs at risk only), as in :data:`DVH_LOSS_ROIS`."""
     from MambaDoseLib.features import split_neighbour
-    from MambaDoseLib.rois import TARGET_NAMES
+    from MambaDoseLib.rois import OAR_NAMES, TARGET_NAMES
 
     def own_slice(name: str) -> bool:
         return split_neighbour(name)[1] == 0
@@ -371,7 +373,8 @@ def roi_channel_indices(channels: Sequence[str], rois: str = "all") -> tuple[lis
     mask_idx = [i for i, n in enumerate(names) if n.startswith("mask_") and own_slice(n)]
     masked = {names[i][len("mask_") :] for i in mask_idx}
     if rois != "all":  # keep the masks of one kind; target distance maps only for "targets"
-        mask_idx = [i for i in mask_idx if (names[i][len("mask_") :] in TARGET_NAMES) == (rois == "targets")]
+        kind = TARGET_NAMES if rois == "targets" else OAR_NAMES
+        mask_idx = [i for i in mask_idx if names[i][len("mask_") :] in kind]
     psdm_idx = [
         i
         for i, n in enumerate(names)
@@ -1162,7 +1165,11 @@ def _load_checkpoint(cfg: TrainConfig, out: Path) -> dict | None:
             f"this command asks for {cfg.inplane_spacing_mm}"
         )
     defaults = TrainConfig()
-    for name, option in (("loss_beta", "--loss-beta"), ("dvh_loss_weight", "--dvh-loss")):
+    for name, option in (
+        ("loss_beta", "--loss-beta"),
+        ("dvh_loss_weight", "--dvh-loss"),
+        ("dvh_loss_rois", "--dvh-loss-rois"),
+    ):
         before = ckpt.get("config", {}).get(name, getattr(defaults, name))
         if before != getattr(cfg, name):
             log.warning(
