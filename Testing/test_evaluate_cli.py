@@ -106,6 +106,8 @@ def test_perturbed_predictions(split):
     # every ROI lies in the mask, so every DVH metric moves by exactly 1 Gy -> DVH score 1.
     assert done.stdout.strip().splitlines()[-2:] == ["dose_score 1.0000", "dvh_score 1.0000"]
     assert "paper's variant" in done.stdout
+    # both patients score exactly 1: the bootstrap interval of the means collapses onto 1
+    assert "Gy: dose score 1.000-1.000, DVH score per patient 1.000-1.000" in done.stdout
     # the breakdown: every (ROI, metric) off by +1 Gy, a bias of +1; the last two lines unchanged
     done = _evaluate(str(split / "ref"), str(split / "plus_one"), "--breakdown")
     assert done.returncode == 0, done.stderr

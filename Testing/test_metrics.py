@@ -231,3 +231,19 @@ def test_evaluate_patient_combines_every_metric():
     assert ev.isodose_dice["dice_100"] == 0.0
     assert set(ev.rois) == {"PTV70"}  # the empty Larynx is left out
     assert ev.rois["PTV70"]["ref"]["V95"] == 100.0 and ev.rois["PTV70"]["pred"]["V95"] == 100.0
+
+
+def test_bootstrap_mean_ci_width_degenerate_cases_and_nan():
+    rng = np.random.default_rng(5)
+    x = rng.normal(3.0, 0.8, size=400)
+    low, high = metrics.bootstrap_mean_ci(x)
+    # for a mean of n normal values the 95 % interval is about +-1.96 sd / sqrt(n)
+    half = 1.96 * x.std() / np.sqrt(x.size)
+    assert abs((high - low) / 2 - half) < 0.1 * half and abs((high + low) / 2 - x.mean()) < 0.1 * half
+    # more patients like these: a narrower interval
+    wide = metrics.bootstrap_mean_ci(x[:25])
+    assert wide[1] - wide[0] > 2.5 * (high - low)
+    assert metrics.bootstrap_mean_ci([2.5]) == (2.5, 2.5)
+    assert metrics.bootstrap_mean_ci([1.0, 1.0, 1.0]) == (1.0, 1.0)
+    assert metrics.bootstrap_mean_ci([1.0, math.nan, 1.0]) == (1.0, 1.0)
+    assert all(math.isnan(v) for v in metrics.bootstrap_mean_ci([math.nan]))

@@ -148,3 +148,13 @@ def test_dvh_breakdown_adds_up_to_the_pooled_score(patients):
     assert all(abs(r.bias) <= r.mae + 1e-9 for r in rows)
     if pooled > 0:
         assert math.isclose(sum(r.share for r in rows), 1.0, rel_tol=1e-9)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(0.0, 20.0, allow_nan=False), min_size=2, max_size=40), st.integers(0, 3))
+def test_bootstrap_interval_holds_the_mean_and_repeats(values, seed):
+    low, high = metrics.bootstrap_mean_ci(values, resamples=2000, seed=seed)
+    mean = float(np.mean(values))
+    assert low <= mean + 1e-9 and mean - 1e-9 <= high
+    assert min(values) - 1e-9 <= low <= high <= max(values) + 1e-9
+    assert metrics.bootstrap_mean_ci(values, resamples=2000, seed=seed) == (low, high)  # a report repeats

@@ -233,6 +233,27 @@ def score_summary(
     )
 
 
+def bootstrap_mean_ci(
+    values: Sequence[float], confidence: float = 0.95, resamples: int = 10_000, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the mean of ``values`` (one per patient, NaN
+    dropped): how far the mean over these patients could lie from the mean over other patients like
+    them (``scipy.stats.bootstrap``, ``resamples`` resamples, a fixed ``seed`` so a report repeats).
+    (mean, mean) for fewer than two values or values all equal; (nan, nan) for none."""
+    x = np.asarray([v for v in values if math.isfinite(v)], float)
+    if x.size == 0:
+        return math.nan, math.nan
+    if x.size < 2 or np.all(x == x[0]):
+        return float(x.mean()), float(x.mean())
+    from scipy.stats import bootstrap
+
+    ci = bootstrap(
+        (x,), np.mean, confidence_level=confidence, n_resamples=resamples, method="percentile",
+        random_state=np.random.default_rng(seed),
+    ).confidence_interval  # fmt: skip
+    return float(ci.low), float(ci.high)
+
+
 @dataclass(frozen=True)
 class DvhErrorRow:
     """The errors of one (ROI, challenge metric) over patients: ``n`` pairs, mean ``|pred - ref|``

@@ -116,6 +116,15 @@ def summary_lines(evaluations: list[Any], pooled_dvh_score: float) -> list[str]:
     lines.append(
         f"  DVH score pooled over patients and (ROI, metric) pairs (challenge), Gy: {pooled_dvh_score:.4f}"
     )
+    if len(rows) > 1:  # how much the means depend on which patients were scored
+        from MambaDoseLib.metrics import bootstrap_mean_ci
+
+        dose_ci = bootstrap_mean_ci([r["dose_score"] for r in rows])
+        dvh_ci = bootstrap_mean_ci([r["dvh_score"] for r in rows if "dvh_score" in r])
+        lines.append(
+            "  95 % interval of the means over patients (bootstrap over patients, 10,000 resamples), Gy: "
+            f"dose score {dose_ci[0]:.3f}-{dose_ci[1]:.3f}, DVH score per patient {dvh_ci[0]:.3f}-{dvh_ci[1]:.3f}"
+        )
     mean_dose, _, _ = _mean_std([r["dose_score"] for r in rows])
     lines.append(f"dose_score {mean_dose:.4f}")
     lines.append(f"dvh_score {pooled_dvh_score:.4f}")
