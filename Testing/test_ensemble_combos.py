@@ -82,6 +82,22 @@ def test_crossfit_name_takes_each_patient_from_its_fold(setup):
     assert fold1 == pytest.approx({"ca": 3.0, "cb": 2.0, "cab": 2.75}, abs=1e-4)
 
 
+def test_paired_difference_per_patient(setup):
+    root, split, files, store = setup
+    result = _run(
+        root, split, store, "--folds", str(root / "folds.json"), "--model", f"b={files['b']}",
+        "--crossfit", f"a={files['a0']}:{files['a1']}", "--combo", "ca=a", "--combo", "cb=b", "--paired", "ca:cb",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    # dose score per patient: a 1 and 3, b 2 and 2 -> b - a = +1 and -1
+    assert (
+        "dose score: cb better for 1 of 2 patients; mean +0.0000 Gy, 95 % interval -1.0000 to +1.0000 Gy"
+        in (result.stdout)
+    )
+    bad = _run(root, split, store, "--model", f"b={files['b']}", "--combo", "cb=b", "--paired", "cb:zz")
+    assert bad.returncode != 0 and "expected A:B, two --combo labels" in bad.stderr
+
+
 def test_refusals_name_the_problem(setup):
     root, split, files, store = setup
     folds = ["--folds", str(root / "folds.json")]

@@ -18,6 +18,10 @@ patients; NAME then stands for FILE<k>'s prediction on each patient of fold k (s
 patients only, e.g. by ``ensemble_eval.py FILE<k> --split OUT/fold<k>/heldout-pats``), so a combo of
 such names scores every patient out of sample. With ``--folds`` every combo is also scored on each
 fold's patients alone (folds without a patient in ``--split`` are left out).
+
+``--paired A:B`` (combo labels) prints, per score, for how many patients B is better than A and the
+mean per-patient difference B - A with its 95 % bootstrap interval over patients
+(``metrics.bootstrap_mean_ci``): a paired comparison, far more precise than the two means apart.
 """
 
 from __future__ import annotations
@@ -53,6 +57,9 @@ def main() -> int:
     )
     parser.add_argument("--folds", type=Path, help="folds.json of benchmarks/crossfit_caches.py")
     parser.add_argument("--combo", action="append", required=True, help="LABEL=NAME*W+NAME...")
+    parser.add_argument(
+        "--paired", action="append", default=[], help="A:B, two combo labels (B - A per patient)"
+    )
     parser.add_argument("--split", type=Path, default=Path("/tmp/openkbp/validation-pats"))
     parser.add_argument("--store", type=Path, default=STORE)
     parser.add_argument("--tta", action="store_true", help="the stored predictions made with flip TTA")
@@ -97,6 +104,11 @@ def main() -> int:
             check_stored(f"{name} fold {k} ({path})", store, held)
             stores[name].update({f.name: store for f in held})
     combos = [parse_combo(c, set(stores)) for c in args.combo]
+    labels = {label for label, _ in combos}
+    pairs = [tuple(spec.split(":")) for spec in args.paired]
+    for spec, pair in zip(args.paired, pairs, strict=True):
+        if len(pair) != 2 or not set(pair) <= labels:
+            raise SystemExit(f"--paired {spec!r}: expected A:B, two --combo labels")
     used = {n for _, parts in combos for n, _ in parts}
 
     scores: dict[str, list] = {label: [] for label, _ in combos}
@@ -131,6 +143,16 @@ def main() -> int:
         for label, _ in combos:
             dose_mean, dvh_mean, pooled = metrics.score_summary([scores[label][i] for i in rows])
             print(f"  {label:38s} {dose_mean:10.4f} {dvh_mean:10.4f} {pooled:11.4f}")
+    for a, b in pairs:
+        print(f"paired, {b} - {a}, per patient:")
+        for i, name in enumerate(("dose score", "DVH score")):
+            diff = np.array([sb[i] - sa[i] for sa, sb in zip(scores[a], scores[b], strict=True)])
+            diff = diff[np.isfinite(diff)]
+            low, high = metrics.bootstrap_mean_ci(diff)
+            print(
+                f"  {name}: {b} better for {int((diff < 0).sum())} of {diff.size} patients; "
+                f"mean {diff.mean():+.4f} Gy, 95 % interval {low:+.4f} to {high:+.4f} Gy"
+            )
     return 0
 
 
