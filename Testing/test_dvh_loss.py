@@ -266,6 +266,10 @@ def test_config_refuses_a_negative_or_non_finite_weight(tmp_path):
 
 
 def test_config_refuses_unknown_dvh_loss_rois(tmp_path):
+    from MambaDoseTrainingLib.commands import train as command
+    from MambaDoseTrainingLib.train import DVH_LOSS_ROIS
+
+    assert command.DVH_LOSS_ROIS == DVH_LOSS_ROIS  # spelt out twice (the parser imports no torch)
     for rois in ("all", "targets", "oars"):
         _config(tmp_path, dvh_loss_weight=1.0, dvh_loss_rois=rois).check()
     with pytest.raises(InputError, match="--dvh-loss-rois must be one of all, targets, oars"):

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         for k, held in enumerate(folds):
             rest = [pid for pid in val_ids if pid not in held]
             fold = args.out / f"fold{k}"
-            combine_caches([(args.train_cache, None), (args.val_cache, rest)], fold / "train")
+            train = combine_caches([(args.train_cache, None), (args.val_cache, rest)], fold / "train")
             combine_caches([(args.val_cache, held)], fold / "heldout")
             if args.openkbp_split is not None:
                 pats = fold / "heldout-pats"
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                     (pats / pid).unlink(missing_ok=True)  # a link left by an interrupted call
                     os.symlink((args.openkbp_split / pid).resolve(), pats / pid)
             print(f"fold{k}: {len(held)} held out ({', '.join(held)}); training cache of "
-                  f"{len(list_cached(fold / 'train'))} patients", flush=True)  # fmt: skip
+                  f"{train['patients']} patients", flush=True)  # fmt: skip
         (args.out / "folds.json").write_text(json.dumps({"folds": folds}, indent=1) + "\n")
     except (InputError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -357,6 +357,7 @@ def combine_caches(
     entries: list[dict] = []
     files: list[tuple[Path, Path]] = []
     sources: list[str] = []
+    seen: set[str] = set()
     for source, ids in parts:
         index = read_index(source)
         if index.get("quantisation") != QUANTISATION:
@@ -365,6 +366,9 @@ def combine_caches(
         for pid in by_id if ids is None else ids:
             if pid not in by_id:
                 raise InputError(f"{Path(source) / INDEX_FILE}: no patient {pid}")
+            if pid in seen:
+                raise InputError(f"{out}: patient {pid} given twice")
+            seen.add(pid)
             src = Path(source) / by_id[pid]["file"]
             if not src.is_file():
                 raise InputError(f"{src}: listed in its cache's index but missing")
@@ -372,11 +376,6 @@ def combine_caches(
             files.append((src, out / by_id[pid]["file"]))
         earlier = index.get("source", str(source))  # a combined cache lists its sources
         sources.extend(earlier if isinstance(earlier, list) else [str(earlier)])
-    seen: set[str] = set()
-    for entry in entries:
-        if entry["id"] in seen:
-            raise InputError(f"{out}: patient {entry['id']} given twice")
-        seen.add(entry["id"])
     out.mkdir(parents=True, exist_ok=True)
     for src, dst in files:
         dst.unlink(missing_ok=True)

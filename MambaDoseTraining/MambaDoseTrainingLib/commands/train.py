@@ -10,8 +10,9 @@ import argparse
 import json
 import os
 
-#: train.COMPILE_MODES, spelt out here: the parser is built without importing torch.
+#: train.COMPILE_MODES and train.DVH_LOSS_ROIS, spelt out here: the parser is built without importing torch.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+DVH_LOSS_ROIS = ("all", "targets", "oars")
 HELP = "train MambaUNetV2 on cached patients (resumable with --resume; --time-limit for capped commands)"
 
 
@@ -145,7 +146,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     opt.add_argument(
         "--dvh-loss-rois",
         default="all",
-        choices=("all", "targets", "oars"),
+        choices=DVH_LOSS_ROIS,
         help="structures the --dvh-loss term matches: all (default), the PTVs only, or the organs at risk only",
     )
     opt.add_argument("--grad-clip", type=float, default=1.0)
