@@ -57,3 +57,29 @@ def test_folds_cover_every_validation_patient_once(crossfit, tmp_path, capsys):
     assert "fold1: 1 held out (pt_202)" in capsys.readouterr().out
     assert crossfit.main(args) == 2  # a second call writes nothing over the first
     assert "already exists" in capsys.readouterr().err
+
+
+def test_dash_train_cache_folds_one_cache_alone(crossfit, tmp_path, capsys):
+    """TRAIN_CACHE ``-``: fold k's training cache is the other folds of the one cache (a cascade's
+    first stage on the training patients), its held-out cache fold k."""
+    from MambaDoseLib.phantom import make_phantom
+
+    patients = [make_phantom((24, 24, 8), seed=n, patient_id=f"pt_{n}") for n in (1, 2, 3, 10, 11)]
+    C.write_patients(patients, tmp_path / "train", "phantoms")
+    out = tmp_path / "cf"
+    assert crossfit.main(["-", str(tmp_path / "train"), str(out), "--folds", "3"]) == 0
+    folds = json.loads((out / "folds.json").read_text())["folds"]
+    assert folds == [["pt_1", "pt_10"], ["pt_2", "pt_11"], ["pt_3"]]
+    ids = [p.patient_id for p in patients]
+    for k, held in enumerate(folds):
+        assert C.list_cached(out / f"fold{k}" / "heldout") == held
+        assert C.list_cached(out / f"fold{k}" / "train") == [pid for pid in ids if pid not in held]
+        for pid in ids:  # hard links to the one cache's files
+            part = "heldout" if pid in held else "train"
+            linked = out / f"fold{k}" / part / f"{pid}.npz.xz"
+            assert linked.stat().st_ino == (tmp_path / "train" / f"{pid}.npz.xz").stat().st_ino
+        assert not (out / f"fold{k}" / "heldout-pats").exists()
+    assert "fold2: 1 held out (pt_3); training cache of 4 patients" in capsys.readouterr().out
+    assert not (tmp_path / "-").exists()  # '-' is no folder
+    assert crossfit.main(["-", str(tmp_path / "nope"), str(tmp_path / "cf2")]) == 2
+    assert "nope" in capsys.readouterr().err

@@ -11,6 +11,10 @@ folders, for ``mambadose predict-openkbp`` / ``evaluate`` on them. A network tra
 training cache and scored on its held-out patients is out of sample there; predictions of the K
 folds together cover every validation patient once (cross-fitting), which estimates what networks
 trained on more patients give, on patients none of them saw. Nothing in OUT is overwritten.
+
+TRAIN_CACHE ``-``: no training patients are added, so fold k's training cache holds VAL_CACHE's
+other folds alone: K out-of-fold networks on one split, e.g. a cascade's first stage on the
+training patients (``benchmarks/cascade_priors.py``; then VAL_CACHE is the training cache).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ def fold_ids(ids: list[str], folds: int) -> list[list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("train_cache")
+    parser.add_argument("train_cache", help="training cache, or - for none")
     parser.add_argument("val_cache")
     parser.add_argument("out", type=Path)
     parser.add_argument("--folds", type=int, default=2)
@@ -52,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         for k, held in enumerate(folds):
             rest = [pid for pid in val_ids if pid not in held]
             fold = args.out / f"fold{k}"
-            train = combine_caches([(args.train_cache, None), (args.val_cache, rest)], fold / "train")
+            extra = [] if args.train_cache == "-" else [(args.train_cache, None)]
+            train = combine_caches(extra + [(args.val_cache, rest)], fold / "train")
             combine_caches([(args.val_cache, held)], fold / "heldout")
             if args.openkbp_split is not None:
                 pats = fold / "heldout-pats"

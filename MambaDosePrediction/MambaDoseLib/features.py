@@ -23,6 +23,9 @@ Channel names and formulas (see also ``docs/features.md``):
   for a target (1, 0.9, 0.8 for PTV70, PTV63, PTV56) and ``w = 1`` for an OAR. Range [-w, w].
   A structure that is absent (not contoured, or an empty mask) gives the "far" value ``+w``
   everywhere.
+- ``"prior_dose"``: ``normalise_dose(patient.prior_dose_gy)`` inside the possible-dose mask, -1 (0 Gy)
+  outside: the dose a first-stage model predicted, the input of a cascade's second stage
+  (``benchmarks/cascade_priors.py``). A patient without one (``prior_dose_gy`` None) is refused.
 - 2.5D names: ``"<channel>_prev"`` / ``"<channel>_next"`` is ``<channel>`` of slice ``k - 1`` /
   ``k + 1``, and ``"<channel>_prev<N>"`` / ``"<channel>_next<N>"`` of slice ``k - N`` / ``k + N``
   (N >= 2, so that every channel has one name; the first / last slice is repeated at the volume's ends), e.g. ``"ct_prev"``,
@@ -42,6 +45,7 @@ import re
 import numpy as np
 from scipy import ndimage
 
+from .errors import InputError
 from .patient import Patient
 from .rois import MAX_PRESCRIPTION_GY, OAR_NAMES, PRESCRIPTION_GY, ROI_NAMES, TARGET_NAMES
 
@@ -62,6 +66,9 @@ CHANNELS: tuple[str, ...] = (
     + tuple(f"mask_{name}" for name in OAR_NAMES)
     + tuple(f"psdm_{name}" for name in ROI_NAMES)
 )
+
+#: The channel of a first-stage model's dose (a cascade's second stage; module doc).
+PRIOR_DOSE = "prior_dose"
 
 _NEIGHBOUR = re.compile(r"(?P<base>.+)_(?P<side>prev|next)(?P<n>[2-9]|[1-9][0-9]+)?")  # one spelling each
 
@@ -164,6 +171,15 @@ def _base_channel(patient: Patient, name: str) -> np.ndarray:
         return ptv_map(patient)
     if name == "possible_dose_mask":
         return np.asarray(patient.possible_dose_mask, dtype=np.float32)
+    if name == PRIOR_DOSE:
+        if patient.prior_dose_gy is None:
+            raise InputError(
+                f"patient {patient.patient_id}: channel {PRIOR_DOSE!r} needs a first-stage dose "
+                "(a cascade's second stage), and the patient has none"
+            )
+        prior = normalise_dose(patient.prior_dose_gy)
+        prior[~np.asarray(patient.possible_dose_mask, bool)] = -1.0
+        return prior
     if name.startswith("mask_") and name[5:] in ROI_NAMES:
         mask = patient.structures.get(name[5:])
         return np.zeros(patient.shape, np.float32) if mask is None else mask.astype(np.float32)
@@ -191,7 +207,7 @@ def shift_slices(volume: np.ndarray, offset: int) -> np.ndarray:
 
 def check_channels(channels: tuple[str, ...] | list[str]) -> None:
     """Raise ValueError naming the first channel name that ``build_features`` does not know."""
-    known = set(CHANNELS) | {f"mask_{n}" for n in ROI_NAMES}
+    known = set(CHANNELS) | {f"mask_{n}" for n in ROI_NAMES} | {PRIOR_DOSE}
     for name in channels:
         if split_neighbour(name)[0] not in known:
             raise ValueError(f"unknown feature channel {name!r}")

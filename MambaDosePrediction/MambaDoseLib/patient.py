@@ -31,6 +31,8 @@ class Patient:
     dose_gy: float32 (I, J, K) reference dose in Gy, or None when the patient has none.
     origin_mm: physical position (mm) of voxel (0, 0, 0); (0, 0, 0) for OpenKBP data.
     direction: 3x3 direction cosines, columns = physical direction of array axes 0, 1, 2.
+    prior_dose_gy: float32 (I, J, K) dose in Gy predicted by a first-stage model, the input of a
+        cascade's second stage (feature channel ``"prior_dose"``), or None.
     """
 
     patient_id: str
@@ -41,6 +43,7 @@ class Patient:
     dose_gy: np.ndarray | None = None
     origin_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
     direction: np.ndarray = field(default_factory=lambda: OPENKBP_DIRECTION.copy())
+    prior_dose_gy: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -154,10 +154,10 @@ def resample_patient_inplane(
     """``patient`` on ``size`` x ``size`` in-plane voxels of ``spacing_mm`` (slices unchanged).
 
     Returns (the resampled Patient, its map). CT: linear; possible-dose mask and structures:
-    linear on 0 / 1, then ``>= 0.5``; dose: linear within the possible-dose mask (module
-    docstring); 0 outside the native field. The same physical centre; ``origin_mm`` moved so every
-    voxel keeps its physical place. A patient already on that grid comes back as it is (the same
-    object). Logs a warning naming the patient when possible-dose voxels fall outside the
+    linear on 0 / 1, then ``>= 0.5``; dose and first-stage dose (``prior_dose_gy``): linear within
+    the possible-dose mask (module docstring); 0 outside the native field. The same physical
+    centre; ``origin_mm`` moved so every voxel keeps its physical place. A patient already on that
+    grid comes back as it is (the same object). Logs a warning naming the patient when possible-dose voxels fall outside the
     resampled field.
     """
     inplane = inplane_map_for(patient, spacing_mm, size)
@@ -177,6 +177,9 @@ def resample_patient_inplane(
         )
     pdm = np.asarray(patient.possible_dose_mask, bool)
     dose = None if patient.dose_gy is None else resample_inplane(patient.dose_gy, inplane, within=pdm)
+    prior = None  # a first-stage dose (a cascade's second stage) is resampled as the dose
+    if patient.prior_dose_gy is not None:
+        prior = resample_inplane(patient.prior_dose_gy, inplane, within=pdm)
     direction = np.asarray(patient.direction, dtype=float)
     origin = np.asarray(patient.origin_mm, float) + direction[:, :2] @ np.asarray(inplane.offset_mm)
     resampled = Patient(
@@ -188,6 +191,7 @@ def resample_patient_inplane(
         dose_gy=dose,
         origin_mm=tuple(float(x) for x in origin),  # type: ignore[arg-type]
         direction=direction.copy(),
+        prior_dose_gy=prior,
     )
     return resampled, inplane
 

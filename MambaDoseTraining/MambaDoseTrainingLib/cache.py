@@ -13,6 +13,9 @@ What a patient file holds (an uncompressed ``.npz`` inside one xz stream, LZMA2 
 ``dose_planes``    uint8 (P, I, J, K): dose in centi-Gy ``d = round(dose_gy * 100)`` as the
                    mixed difference along j and k, zig-zag coded, split into P byte planes
                    (absent when the patient has no dose)
+``prior_planes``   uint8, the same coding of ``Patient.prior_dose_gy`` (a first-stage model's
+                   dose, for a cascade's second stage; absent when the patient has none:
+                   ``write_patients``)
 ``masks``          uint8: ``np.packbits`` of the bool stack (possible_dose_mask, ROI masks) of
                    shape (1 + R, I, J, K) along its flattened C order
 ``roi_names``      str (R,): the contoured ROIs, in ``rois.ROI_NAMES`` order
@@ -33,6 +36,7 @@ import lzma
 import os
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -87,10 +91,13 @@ def quantise_ct(ct: np.ndarray) -> np.ndarray:
 
 
 def quantise_dose(dose_gy: np.ndarray) -> np.ndarray:
-    """uint16 (I, J, K) centi-Gy: ``round(dose_gy / DOSE_STEP_GY)``; raises ValueError above 655 Gy."""
+    """uint16 (I, J, K) centi-Gy: ``round(dose_gy / DOSE_STEP_GY)``; raises ValueError above 655 Gy
+    and below 0 Gy (after rounding)."""
     centi = np.rint(np.asarray(dose_gy, dtype=np.float64) / DOSE_STEP_GY)
     if centi.size and centi.max() > np.iinfo(np.uint16).max:
         raise ValueError(f"dose {centi.max() * DOSE_STEP_GY:.1f} Gy exceeds the cache's range (655 Gy)")
+    if centi.size and centi.min() < 0:
+        raise ValueError(f"dose {centi.min() * DOSE_STEP_GY:.2f} Gy is below the cache's range (0 Gy)")
     return centi.astype(np.uint16)
 
 
@@ -119,8 +126,9 @@ def _decode_dose(planes: np.ndarray) -> np.ndarray:
     return np.cumsum(np.cumsum(_unzigzag(z), axis=2, dtype=np.int32), axis=1, dtype=np.int32)
 
 
-def encode_patient(patient: Patient) -> bytes:
-    """The xz-compressed container of one patient (module doc)."""
+def encode_patient(patient: Patient, preset: int = 9) -> bytes:
+    """The xz-compressed container of one patient (module doc); ``preset`` 0-9, the LZMA2 preset
+    (9 the smallest files; 1 about ten times faster to write, 10-20 % larger)."""
     rois = [name for name in ROI_NAMES if name in patient.structures]
     stack = np.stack([patient.possible_dose_mask] + [patient.structures[name] for name in rois]).astype(bool)
     arrays = {
@@ -132,9 +140,12 @@ def encode_patient(patient: Patient) -> bytes:
     }
     if patient.dose_gy is not None:
         arrays["dose_planes"] = _encode_dose(quantise_dose(patient.dose_gy))
+    if patient.prior_dose_gy is not None:
+        arrays["prior_planes"] = _encode_dose(quantise_dose(patient.prior_dose_gy))
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    return lzma.compress(buffer.getvalue(), format=lzma.FORMAT_XZ, filters=_LZMA_FILTERS)
+    filters = [dict(_LZMA_FILTERS[0], preset=preset)]
+    return lzma.compress(buffer.getvalue(), format=lzma.FORMAT_XZ, filters=filters)
 
 
 def decode_patient(data: bytes, patient_id: str) -> Patient:
@@ -146,9 +157,11 @@ def decode_patient(data: bytes, patient_id: str) -> Patient:
         count = (1 + len(rois)) * int(np.prod(shape))
         stack = np.unpackbits(f["masks"], count=count).astype(bool).reshape(1 + len(rois), *shape)
         ct = _decode_ct(f["ct_delta"]).astype(np.float32) * np.float32(CT_STEP)
-        dose = None
+        dose = prior = None
         if "dose_planes" in f.files:
             dose = _decode_dose(f["dose_planes"]).astype(np.float32) * np.float32(DOSE_STEP_GY)
+        if "prior_planes" in f.files:
+            prior = _decode_dose(f["prior_planes"]).astype(np.float32) * np.float32(DOSE_STEP_GY)
         spacing = tuple(float(s) for s in f["spacing_mm"])
     return Patient(
         patient_id=patient_id,
@@ -157,6 +170,7 @@ def decode_patient(data: bytes, patient_id: str) -> Patient:
         possible_dose_mask=stack[0],
         structures={name: stack[1 + n] for n, name in enumerate(rois)},
         dose_gy=dose,
+        prior_dose_gy=prior,
     )
 
 
@@ -230,9 +244,16 @@ def _cache_one(folder: str, cache_dir: str, require_dose: bool) -> dict:
 
     patient = read_patient(folder)
     warnings = validate_patient(patient, folder, require_dose=require_dose)
-    data = encode_patient(patient)
+    return _write_patient(patient, cache_dir, warnings)
+
+
+def _write_patient(
+    patient: Patient, cache_dir: str | os.PathLike, warnings: list[str], preset: int = 9
+) -> dict:
+    """Encode and write one patient's file (atomically); returns its index entry."""
+    data = encode_patient(patient, preset)
     _write_atomic(patient_file(cache_dir, patient.patient_id), data)
-    return {
+    entry = {
         "id": patient.patient_id,
         "file": patient_file(cache_dir, patient.patient_id).name,
         "rois": [name for name in ROI_NAMES if name in patient.structures],
@@ -243,6 +264,9 @@ def _cache_one(folder: str, cache_dir: str, require_dose: bool) -> dict:
         "ct_clipped_voxels": int(np.count_nonzero(patient.ct > CT_MAX)),
         "warnings": warnings,
     }
+    if patient.prior_dose_gy is not None:
+        entry["has_prior_dose"] = True
+    return entry
 
 
 def _cache_one_star(job: tuple[str, str, bool]) -> dict:
@@ -392,6 +416,36 @@ def combine_caches(
     }
     _write_atomic(out / INDEX_FILE, json.dumps(index, indent=1).encode())
     return {"cache_dir": str(out), "patients": len(entries), "sources": sources}
+
+
+def write_patients(
+    patients: Iterable[Patient], cache_dir: str | os.PathLike, source: str | list[str], preset: int = 1
+) -> dict:
+    """A new cache folder of ``patients`` (e.g. cached patients given a first-stage dose,
+    ``Patient.prior_dose_gy``, for a cascade's second stage: ``benchmarks/cascade_priors.py``), in
+    the order given; ``source`` is recorded in the index (the caches they came from). Patient
+    files are written atomically with LZMA2 ``preset`` (default 1: fast, the files a little larger
+    than ``build_cache``'s); the index last. Refuses (InputError) a folder that already holds an
+    index and a patient given twice. Returns ``cache_dir`` and ``patients``.
+    """
+    out = Path(cache_dir)
+    if (out / INDEX_FILE).exists():
+        raise InputError(f"{out / INDEX_FILE}: already exists; choose a new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    entries: list[dict] = []
+    for patient in patients:
+        if any(entry["id"] == patient.patient_id for entry in entries):
+            raise InputError(f"{out}: patient {patient.patient_id} given twice")
+        entries.append(_write_patient(patient, out, [], preset))
+    index = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "source": source,
+        "quantisation": QUANTISATION,
+        "patients": entries,
+    }
+    _write_atomic(out / INDEX_FILE, json.dumps(index, indent=1).encode())
+    return {"cache_dir": str(out), "patients": len(entries)}
 
 
 def load_patient(cache_dir: str | os.PathLike, patient_id: str) -> Patient:

@@ -69,6 +69,29 @@ def channels_for_preset(preset: str) -> tuple[str, ...]:
     raise InputError(f"unknown channel preset {preset!r} (choose from {', '.join(CHANNEL_PRESETS)})")
 
 
+def resolve_channels(text: str) -> tuple[str, ...]:
+    """Input channel names from ``mambadose train --channels``: a preset (``"2d"``, ``"2.5d"``) or a
+    comma list of channel names in which a preset stands for its channels, e.g.
+    ``"2d,prior_dose,prior_dose_prev,prior_dose_next"`` (a cascade's second stage). InputError
+    naming the list for an unknown name, a name given twice or an empty list."""
+    from MambaDoseLib.features import check_channels
+
+    names: list[str] = []
+    for item in (c.strip() for c in text.split(",")):
+        if item:
+            names.extend(channels_for_preset(item) if item in CHANNEL_PRESETS else (item,))
+    try:
+        if not names:
+            raise ValueError("no channel names")
+        check_channels(names)
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"channel {twice[0]!r} given twice")
+    except ValueError as exc:
+        raise InputError(f"--channels {text!r}: {exc}") from exc
+    return tuple(names)
+
+
 @dataclass
 class PatientSlices:
     """The kept slices of one patient (host arrays).

@@ -63,11 +63,10 @@ from MambaDoseLib.patient import Patient
 
 from .augment import AugmentConfig, augment_batch
 from .dataset import (
-    CHANNEL_PRESETS,
     SliceSet,
     balanced_epoch_slabs,
-    channels_for_preset,
     prepare_slice_set,
+    resolve_channels,
     shard_indices,
     slab_starts,
 )
@@ -320,19 +319,9 @@ class TrainConfig:
             raise InputError(f"--views {self.views!r}: {exc}") from exc
 
     def channel_names(self) -> tuple[str, ...]:
-        """Input channel names: a preset ("2d", "2.5d") or the comma-separated list."""
-        from MambaDoseLib.features import check_channels
-
-        if self.channels in CHANNEL_PRESETS:
-            return channels_for_preset(self.channels)
-        names = tuple(c.strip() for c in self.channels.split(",") if c.strip())
-        try:
-            if not names:
-                raise ValueError("no channel names")
-            check_channels(names)
-        except ValueError as exc:
-            raise InputError(f"--channels {self.channels!r}: {exc}") from exc
-        return names
+        """Input channel names: a preset ("2d", "2.5d") or the comma-separated list
+        (``dataset.resolve_channels``: a preset inside the list stands for its channels)."""
+        return resolve_channels(self.channels)
 
 
 # --------------------------------------------------------------------------- small pieces

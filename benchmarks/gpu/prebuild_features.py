@@ -13,7 +13,7 @@ from pathlib import Path
 
 from MambaDoseLib.inference import parse_views
 from MambaDoseTrainingLib.cache import list_cached
-from MambaDoseTrainingLib.dataset import build_slice_files, channels_for_preset, feature_folder
+from MambaDoseTrainingLib.dataset import build_slice_files, feature_folder, resolve_channels
 
 
 def main() -> int:
@@ -25,7 +25,7 @@ def main() -> int:
     parser.add_argument("--inplane-spacing", type=float, default=None, help="as mambadose train's option")
     parser.add_argument("--caches", nargs="+", default=["/tmp/cache/train", "/tmp/cache/val"])
     args = parser.parse_args()
-    channels = channels_for_preset(args.channels)
+    channels = resolve_channels(args.channels)
     views = parse_views(args.views)
     for cache in args.caches:
         src = str(Path(cache).resolve())  # as `mambadose train` keys its folders

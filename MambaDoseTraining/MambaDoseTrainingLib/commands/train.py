@@ -49,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--channels",
         default="2d",
         help="input channels: preset 2d | 2.5d (adds ct_prev/ct_next), or a comma list of channel "
-        "names (docs/features.md; neighbouring slices as <channel>_prev[N] / <channel>_next[N])",
+        "names (docs/features.md; neighbouring slices as <channel>_prev[N] / <channel>_next[N]) in "
+        "which a preset stands for its channels, e.g. 2d,prior_dose (a cascade's second stage)",
     )
     data.add_argument(
         "--feature-cache",
