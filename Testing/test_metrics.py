@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 from MambaDoseLib import metrics
+from MambaDoseLib.patient import Patient
 
 TOL = 1e-6
 
@@ -108,6 +109,12 @@ def test_dvh_score_shared_pairs_only_and_pooled_variant():
     one = metrics.score_prediction(pred_gy, ref_gy, mask, structures, 1.0, ref_m)
     assert one[0] == pytest.approx(1.0, abs=TOL) and one[2][1] is ref_m
     assert one[1] == pytest.approx(metrics.dvh_score(one[2][0], ref_m), abs=TOL)
+    # the same through score_patient, from a Patient (its reference computed, or the one given)
+    patient = Patient("pt_x", np.zeros(ref_gy.shape, np.float32), (1.0, 1.0, 1.0), mask, structures, ref_gy)
+    assert metrics.reference_dvh_metrics(patient) == ref_m
+    for given in (None, ref_m):
+        got = metrics.score_patient(pred_gy, patient, given)
+        assert got[:2] == pytest.approx(one[:2], abs=TOL) and got[2][1] == ref_m
     rows = [(2.0, 1.5, (pred_a, ref_a)), (4.0, math.nan, ({}, ref_b)), (3.0, 6.0, (pred_b, ref_b))]
     assert metrics.score_summary(rows) == pytest.approx((3.0, 3.75, 3.0), abs=TOL)
     assert math.isnan(metrics.dvh_score({("PTV56", "D_1"): math.nan}, ref_b))

@@ -114,20 +114,11 @@ def main() -> int:
     scores: dict[str, list] = {label: [] for label, _ in combos}
     for folder in folders:
         patient = openkbp.read_patient(folder)
-        ref = metrics.openkbp_dvh_metrics(patient.dose_gy, patient.structures, patient.voxel_volume_mm3)
+        ref = metrics.reference_dvh_metrics(patient)
         doses = {n: np.load(stores[n][folder.name] / f"{folder.name}.npy") for n in used}
         for label, parts in combos:
             mean = np.average([doses[n] for n, _ in parts], axis=0, weights=[w for _, w in parts])
-            scores[label].append(
-                metrics.score_prediction(
-                    mean,
-                    patient.dose_gy,
-                    patient.possible_dose_mask,
-                    patient.structures,
-                    patient.voxel_volume_mm3,
-                    ref,
-                )  # fmt: skip
-            )
+            scores[label].append(metrics.score_patient(mean, patient, ref))
         print(f"{folder.name} done", file=sys.stderr, flush=True)
     print(f"{len(folders)} patients of {args.split}")
     print(f"{'combo':40s} dose score  DVH score  DVH pooled  networks")

@@ -103,7 +103,7 @@ def main() -> int:
     scores: dict[str, list] = {}  # name -> per patient metrics.score_prediction
     for folder in openkbp.list_patient_dirs(args.split):
         patient = openkbp.read_patient(folder)
-        ref = metrics.openkbp_dvh_metrics(patient.dose_gy, patient.structures, patient.voxel_volume_mm3)
+        ref = metrics.reference_dvh_metrics(patient)
         doses = []
         for name, model, card, views, store in members:
             stored = store / f"{folder.name}.npy"
@@ -122,16 +122,7 @@ def main() -> int:
             means.append((label, np.average([d for _, d in doses[:k]], axis=0, weights=member_weights[:k])))
         doses += means
         for name, dose in doses:
-            scores.setdefault(name, []).append(
-                metrics.score_prediction(
-                    dose,
-                    patient.dose_gy,
-                    patient.possible_dose_mask,
-                    patient.structures,
-                    patient.voxel_volume_mm3,
-                    ref,
-                )
-            )
+            scores.setdefault(name, []).append(metrics.score_patient(dose, patient, ref))
     n = len(next(iter(scores.values())))
     print(f"{n} patients of {args.split}")
     print(f"{'model':60s} dose score  DVH score  DVH pooled")
@@ -159,7 +150,7 @@ def score_subsets(split: Path, members: list[tuple[str, Path]], k: int, best: in
     pairs: dict[int, list] = {i: [] for i in top}
     for folder in folders:
         patient = openkbp.read_patient(folder)
-        ref = metrics.openkbp_dvh_metrics(patient.dose_gy, patient.structures, patient.voxel_volume_mm3)
+        ref = metrics.reference_dvh_metrics(patient)
         stored = [np.load(store / f"{folder.name}.npy") for _, store in members]
         for i in top:
             mean = np.mean([stored[j] for j in combos[i]], axis=0)

@@ -55,7 +55,7 @@ class Patients:
                         f"{name}: {folder.name} has dose outside the possible-dose mask and structures"
                     )
                 preds[name] = dose[keep].astype(np.float32)
-            ref = metrics.openkbp_dvh_metrics(p.dose_gy, p.structures, p.voxel_volume_mm3)
+            ref = metrics.reference_dvh_metrics(p)
             self.items.append((folder.name, p, keep, ref, preds))
             print(f"read {folder.name}", flush=True)
 
@@ -69,11 +69,7 @@ class Patients:
             mean = sum(preds[n] * (w / total) for n, w in members.items())
             full = np.zeros(p.dose_gy.shape, np.float32)
             full[keep] = mean
-            results.append(
-                metrics.score_prediction(
-                    full, p.dose_gy, p.possible_dose_mask, p.structures, p.voxel_volume_mm3, ref
-                )
-            )
+            results.append(metrics.score_patient(full, p, ref))
         return metrics.score_summary(results)
 
 

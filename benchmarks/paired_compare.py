@@ -37,16 +37,14 @@ def main() -> int:
     scores = []  # (patient, side) -> (dose, dvh)
     for folder in openkbp.list_patient_dirs(args.split):
         p = openkbp.read_patient(folder)
-        ref = metrics.openkbp_dvh_metrics(p.dose_gy, p.structures, p.voxel_volume_mm3)
+        ref = metrics.reference_dvh_metrics(p)
         row = []
         for members in sides:
             dose = np.average(
                 [np.load(store / f"{folder.name}.npy") for store, _ in members], axis=0,
                 weights=[w for _, w in members],
             )  # fmt: skip
-            s = metrics.score_prediction(
-                dose, p.dose_gy, p.possible_dose_mask, p.structures, p.voxel_volume_mm3, ref
-            )
+            s = metrics.score_patient(dose, p, ref)
             row.append(s[:2])
         scores.append(row)
     a = np.array([r[0] for r in scores])

@@ -65,14 +65,10 @@ def main() -> int:
             print(f"{folder.name}: predicted in {time.perf_counter() - t0:.1f} s", flush=True)
         pred = np.load(stored).astype(np.float32)
         pdm = np.asarray(patient.possible_dose_mask, bool)
-        ref = metrics.openkbp_dvh_metrics(patient.dose_gy, patient.structures, patient.voxel_volume_mm3)
+        ref = metrics.reference_dvh_metrics(patient)
         for k, ij in grid:
             dose = smooth_in_mask(pred, pdm, k, ij)
-            rows[(k, ij)].append(
-                metrics.score_prediction(
-                    dose, patient.dose_gy, pdm, patient.structures, patient.voxel_volume_mm3, ref
-                )
-            )
+            rows[(k, ij)].append(metrics.score_patient(dose, patient, ref))
     model_name = args.model or "the shipped model"
     print(
         f"{len(rows[grid[0]])} patients of {args.split}, {model_name}, {'flip TTA' if args.tta else 'one pass'}"

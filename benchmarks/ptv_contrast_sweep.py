@@ -47,7 +47,7 @@ def main() -> int:
     for folder in openkbp.list_patient_dirs(args.split):
         patient = openkbp.read_patient(folder)
         pred = openkbp.read_sparse_dose(args.predictions / f"{folder.name}.csv", shape=patient.shape)
-        ref = metrics.openkbp_dvh_metrics(patient.dose_gy, patient.structures, patient.voxel_volume_mm3)
+        ref = metrics.reference_dvh_metrics(patient)
         for k in factors:
             dose = stretch_targets(pred, patient.structures, k)
             rows[k].append(

@@ -58,22 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     scores: dict[str, list] = {label: [] for label in labels}
     for folder in folders:
         patient = openkbp.read_patient(folder)
-        ref = metrics.openkbp_dvh_metrics(patient.dose_gy, patient.structures, patient.voxel_volume_mm3)
+        ref = metrics.reference_dvh_metrics(patient)
         doses = [load_patient(cache, folder.name).prior_dose_gy for cache, _ in caches]
         doses += [np.load(f / f"{folder.name}.npy") for _, _, f in models]
         if len(doses) > 1:
             doses.append(np.average(doses, axis=0, weights=wts))
         for label, dose in zip(labels, doses, strict=True):
-            scores[label].append(
-                metrics.score_prediction(
-                    dose,
-                    patient.dose_gy,
-                    patient.possible_dose_mask,
-                    patient.structures,
-                    patient.voxel_volume_mm3,
-                    ref,
-                )  # fmt: skip
-            )
+            scores[label].append(metrics.score_patient(dose, patient, ref))
     print(f"{len(folders)} patients of {args.split}")
     print(f"{'dose':60s} dose score  DVH score  DVH pooled")
     for label in labels:

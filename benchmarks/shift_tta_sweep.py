@@ -75,7 +75,7 @@ def main() -> int:
     results: dict[str, list] = {g: [] for g in groups}
     for folder in openkbp.list_patient_dirs(args.split):
         patient = openkbp.read_patient(folder)
-        ref = metrics.openkbp_dvh_metrics(patient.dose_gy, patient.structures, patient.voxel_volume_mm3)
+        ref = metrics.reference_dvh_metrics(patient)
         doses, x = [], None
         within = np.asarray(patient.possible_dose_mask, bool)
         for i, (flip, shift) in enumerate(plan):
@@ -92,11 +92,7 @@ def main() -> int:
             doses.append(np.load(path).astype(np.float32))
         for group, members in groups.items():
             dose = np.mean([doses[i] for i in members], axis=0)
-            results[group].append(
-                metrics.score_prediction(
-                    dose, patient.dose_gy, within, patient.structures, patient.voxel_volume_mm3, ref
-                )
-            )
+            results[group].append(metrics.score_patient(dose, patient, ref))
     print(f"{len(results['identity (1 pass)'])} patients of {args.split}, model {args.model}")
     print(f"{'passes':32s} dose score  DVH score  DVH pooled")
     for group, rows in results.items():

@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -218,6 +219,31 @@ def score_prediction(
         dose_score(pred_gy, ref_gy, possible_dose_mask),
         dvh_score(pred_metrics, ref_metrics),
         (pred_metrics, ref_metrics),
+    )
+
+
+def reference_dvh_metrics(patient: Any) -> dict[tuple[str, str], float]:
+    """:func:`openkbp_dvh_metrics` of a patient's reference dose (``Patient.dose_gy``), its
+    structures and voxel volume: the ``ref_metrics`` of :func:`score_patient`."""
+    return openkbp_dvh_metrics(patient.dose_gy, patient.structures, patient.voxel_volume_mm3)
+
+
+def score_patient(
+    pred_gy: np.ndarray, patient: Any, ref_metrics: Mapping[tuple[str, str], float] | None = None
+) -> tuple[float, float, tuple[dict[tuple[str, str], float], Mapping[tuple[str, str], float]]]:
+    """:func:`score_prediction` of ``pred_gy`` against a patient with a reference dose (a
+    ``Patient``: its dose, possible-dose mask, structures and voxel volume); ``ref_metrics`` from
+    :func:`reference_dvh_metrics`, computed here when not given (give it when several predictions
+    of one patient are scored)."""
+    if ref_metrics is None:
+        ref_metrics = reference_dvh_metrics(patient)
+    return score_prediction(
+        pred_gy,
+        patient.dose_gy,
+        np.asarray(patient.possible_dose_mask, bool),
+        patient.structures,
+        patient.voxel_volume_mm3,
+        ref_metrics,
     )
 
 
