@@ -314,3 +314,31 @@ def test_3d_network_trains_under_autocast_with_gradients_everywhere() -> None:
     loss.backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not missing
+
+
+def test_residual_channel_adds_a_correction_to_that_input_channel() -> None:
+    """residual_channel=N: output = input channel N + the network's output (a cascade's second stage);
+    validated, round-tripped, -1 for older cards, the same path in 2D and 3D."""
+    cfg = small_config(residual_channel=3)
+    assert MambaUNetConfig.from_dict(cfg.to_dict()).residual_channel == 3
+    old = cfg.to_dict()
+    del old["residual_channel"]
+    assert MambaUNetConfig.from_dict(old).residual_channel == -1
+    for bad in (
+        dict(residual_channel=5),
+        dict(residual_channel=-2),
+        dict(residual_channel=0, out_channels=2),
+    ):
+        with pytest.raises(ValueError, match="residual_channel"):
+            small_config(**bad)
+    torch.manual_seed(0)
+    x = torch.randn(4, 5, 16, 16)
+    for extra in ({}, dict(conv_dims=3, slab=8, norm="group", mixer="none", channels=(8, 16, 32, 64))):
+        plain = MambaUNetV2(small_config(backend="torch", **extra)).eval()
+        resid = MambaUNetV2(small_config(backend="torch", residual_channel=3, **extra)).eval()
+        batch = x.repeat(2, 1, 1, 1) if extra else x  # 3D: one slab of 8 slices
+        with torch.no_grad():
+            # a new network makes no correction (zero head): its output is channel 3 itself
+            torch.testing.assert_close(resid(batch), batch[:, 3:4])
+            resid.load_state_dict(plain.state_dict())  # the same parameters: only the output differs
+            torch.testing.assert_close(resid(batch), plain(batch) + batch[:, 3:4])

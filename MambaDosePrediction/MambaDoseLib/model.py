@@ -65,6 +65,11 @@ class MambaUNetConfig:
     slice axis. With one scan direction information flows only from lower to higher slice index
     within a slab; two or four directions carry it both ways. The attention mixer gets the 2D
     position code of the stacked (k*H, W) image. Cards written before the field existed load as 1.
+
+    ``residual_channel``: -1 (default) = the network predicts the dose. N >= 0 = it predicts a
+    correction that is added to input channel N, a dose on the output's scale (a cascade's second
+    stage: the ``prior_dose`` channel, a first stage's dose), so an untrained network already
+    returns that dose. Needs ``out_channels`` 1. Cards written before the field existed load as -1.
     """
 
     in_channels: int
@@ -91,6 +96,7 @@ class MambaUNetConfig:
     slab: int = 1  # consecutive slices whose tokens each mixer takes as one sequence (module docstring)
     norm: str = "batch"  # after each conv: BatchNorm2d, or GroupNorm(8 groups) (no batch statistics)
     conv_dims: int = 2  # 3: each slab is one volume through 3D convolutions (module docstring)
+    residual_channel: int = -1  # >= 0: the output is input channel N plus the network's correction
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
@@ -132,6 +138,12 @@ class MambaUNetConfig:
                 fail(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             fail(f"dropout must lie in [0, 1), got {self.dropout}")
+        if not -1 <= self.residual_channel < self.in_channels:
+            fail(
+                f"residual_channel={self.residual_channel} must be -1 (off) or an input channel (< {self.in_channels})"
+            )
+        if self.residual_channel >= 0 and self.out_channels != 1:
+            fail(f"residual_channel needs out_channels 1, got {self.out_channels}")
         if self.conv_dims not in CONV_DIMS:
             fail(f"conv_dims={self.conv_dims!r} is not one of {CONV_DIMS}")
         if self.conv_dims == 3 and self.slab % 2**self.levels:
@@ -364,6 +376,9 @@ class MambaUNetV2(nn.Module):
                 make_stage(c_in, ch[i], cfg.convs_per_level, cfg, cfg.has_mixer(i), False, cfg.dropout)
             )
         self.head = _conv(cfg.conv_dims)(ch[0], cfg.out_channels, 1)
+        if cfg.residual_channel >= 0:  # no correction before training: the output is that channel
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, in_channels, H, W), H and W divisible by 2**levels, B by ``slab`` -> (B, out_channels,
@@ -380,6 +395,7 @@ class MambaUNetV2(nn.Module):
                 f"{self.config.slab} consecutive slices (slab={self.config.slab})"
             )
         k = self.config.slab
+        base = None if self.config.residual_channel < 0 else x[:, self.config.residual_channel, None].float()
         three_d = self.config.conv_dims == 3
         if three_d:  # (B/k * k, C, H, W) -> (B/k, C, k, H, W): each slab one volume
             x = x.reshape(x.shape[0] // k, k, *x.shape[1:]).transpose(1, 2)
@@ -396,7 +412,7 @@ class MambaUNetV2(nn.Module):
         y = self.head(x).float()
         if three_d:  # back to the slab layout (B, C_out, H, W)
             y = y.transpose(1, 2).reshape(-1, y.shape[1], *y.shape[3:])
-        return y
+        return y if base is None else base + y
 
 
 class MambaUNetV2Ensemble(nn.Module):

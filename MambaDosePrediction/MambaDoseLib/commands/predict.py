@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .common import add_model_arguments
+
 HELP = "predict the dose for a CT + structures (NIfTI/NRRD/DICOM) and write dose, DVH metrics and figures"
 
 
@@ -36,25 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME=GY",
         help="prescription of a target structure (repeatable); makes NAME a target, e.g. --rx PTV_high=70",
     )
-    parser.add_argument(
-        "--model",
-        type=Path,
-        help="weights file (.safetensors; default: the shipped model; 'ensemble': the shipped ensemble)",
-    )
-    parser.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run the model"
-    )
-    parser.add_argument(
-        "--tta",
-        action="store_true",
-        help="average over the left-right flip (test-time augmentation): twice the time, lower error "
-        "(shipped network on OpenKBP validation: dose score 2.80 instead of 2.87 Gy)",
-    )
-    parser.add_argument(
-        "--views",
-        metavar="V[,V...]",
-        help="slice orientations to average (axial, coronal, sagittal; default: the model card's)",
-    )
+    add_model_arguments(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 

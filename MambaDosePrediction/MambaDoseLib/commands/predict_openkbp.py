@@ -14,6 +14,8 @@ import logging
 import time
 from pathlib import Path
 
+from .common import add_model_arguments
+
 HELP = "predict the dose of every OpenKBP patient folder (pt_*) and write submission CSVs"
 
 log = logging.getLogger(__name__)
@@ -24,25 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "patients_dir", type=Path, metavar="PATIENTS_DIR", help="OpenKBP split folder (pt_*/)"
     )
     parser.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="folder for pt_<N>.csv predictions")
-    parser.add_argument(
-        "--model",
-        type=Path,
-        metavar="FILE",
-        help="weights (.safetensors; default: the shipped model; 'ensemble': the shipped ensemble)",
-    )
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: auto")
-    parser.add_argument(
-        "--tta",
-        action="store_true",
-        help="average over the left-right flip (test-time augmentation): twice the time, lower error "
-        "(shipped network on OpenKBP validation: dose score 2.80 instead of 2.87 Gy)",
-    )
-    parser.add_argument(
-        "--views",
-        metavar="V[,V...]",
-        help="slice orientations to average (axial, coronal, sagittal; default: those the model was "
-        "trained on, from its card); fewer views run faster",
-    )
+    add_model_arguments(parser)
     parser.add_argument(
         "--batch-size", type=int, default=16, metavar="N", help="slices per batch (default 16)"
     )
