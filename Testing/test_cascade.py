@@ -395,3 +395,37 @@ def test_cascade_priors_end_to_end(cascade, tmp_path, monkeypatch, capsys):
     assert cascade.main([str(tmp_path / "out3"), *missing, *common]) == 2
     assert "nope" in capsys.readouterr().err and not (tmp_path / "out3" / C.INDEX_FILE).exists()
     assert os.path.exists(tmp_path / "out" / C.INDEX_FILE)
+
+
+def test_second_stage_predictions_are_stored_per_first_stage_dose(cascade, tmp_path):
+    """A model that reads prior_dose predicts the same patient differently for another first-stage
+    dose: its stored predictions are keyed by that dose (folder prior-<digest>), never reused for
+    another one; the same dose again reuses them."""
+    torch.manual_seed(3)
+    cfg = MambaUNetConfig(
+        in_channels=2, channels=(8, 16, 16, 32), mixer="none", residual_channel=1
+    )  # fmt: skip
+    second = tmp_path / "second.safetensors"
+    model = MambaUNetV2(cfg).eval()
+    torch.nn.init.normal_(model.head.weight, std=0.1)  # a correction that depends on the input
+    save_model(second, model, {"channels": ["possible_dose_mask", "prior_dose"]})
+    low, high = _phantom(1), _phantom(1)
+    high.prior_dose_gy = high.prior_dose_gy + 5.0
+    C.write_patients([low], tmp_path / "low", "s")
+    C.write_patients([high], tmp_path / "high", "s")
+    store = tmp_path / "store"
+    common = ["--device", "cpu", "--backend", "torch", "--store", str(store)]
+    for name in ("low", "high", "low"):
+        out = tmp_path / f"out_{name}_{len(list(tmp_path.glob('out_*')))}"
+        assert cascade.main([str(out), "--part", f"{tmp_path / name}={second}", *common]) == 0
+    got = {f.parent.name for f in store.rglob("pt_1.npy")}
+    assert len(got) == 2 and all(name.startswith("prior-") for name in got)  # two doses, two entries
+    first, again = (C.load_patient(tmp_path / f"out_low_{i}", "pt_1").prior_dose_gy for i in (0, 2))
+    other = C.load_patient(tmp_path / "out_high_1", "pt_1").prior_dose_gy
+    np.testing.assert_array_equal(first, again)
+    assert np.abs(other - first).max() > 1.0  # not the low dose's prediction reused
+    stored = cascade.stored_prediction
+    card = {"channels": ["ct"]}  # a first stage: one entry per patient, whatever it carries
+    assert stored(tmp_path, card, low) == stored(tmp_path, card, high) == tmp_path / "pt_1.npy"
+    with pytest.raises(InputError, match="pt_1"):
+        stored(tmp_path, {"channels": ["prior_dose_next"]}, _phantom(1, prior=False))

@@ -16,12 +16,14 @@ not train on that patient: split the training patients into folds
 give each fold's held-out patients that fold's network (one part per fold); the validation patients
 get the mean of the K networks (one part, ``VAL_CACHE=F0+F1+...``). Predictions are kept in
 ``--store`` (one ``.npy`` per model and patient, as ``ensemble_eval.py`` keys them), so a patient
-predicted in an earlier call is not predicted again. Nothing is overwritten: OUT_CACHE must be new.
+predicted in an earlier call is not predicted again (a second stage's predictions are also keyed by
+the first-stage dose it was given: ``stored_prediction``). Nothing is overwritten: OUT_CACHE must be new.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import sys
@@ -32,7 +34,8 @@ from pathlib import Path
 import numpy as np
 from ensemble_eval import STORE, store_folder
 from MambaDoseLib import inference, weights
-from MambaDoseLib.errors import MambaDoseError
+from MambaDoseLib.errors import InputError, MambaDoseError
+from MambaDoseLib.features import PRIOR_DOSE, split_neighbour
 from MambaDoseLib.patient import Patient
 from MambaDoseTrainingLib.cache import list_cached, load_patient, write_patients
 
@@ -44,6 +47,21 @@ def parse_part(text: str) -> tuple[Path, list[Path]]:
     if not sep or not cache or not paths:
         raise SystemExit(f"--part {text!r}: expected CACHE=MODEL[+MODEL...]")
     return Path(cache), paths
+
+
+def stored_prediction(folder: Path, card: dict, patient: Patient) -> Path:
+    """Where a model's prediction of ``patient`` is kept: ``folder/<id>.npy``; for a model that
+    reads a first-stage dose (a second stage) ``folder/prior-<digest>/<id>.npy``, keyed by that
+    dose, since the same patient with another first stage is another prediction."""
+    if not any(split_neighbour(name)[0] == PRIOR_DOSE for name in card["channels"]):
+        return folder / f"{patient.patient_id}.npy"
+    if patient.prior_dose_gy is None:
+        raise InputError(
+            f"patient {patient.patient_id}: the model of {folder} reads a first-stage dose; none given"
+        )
+    digest = hashlib.sha1(np.ascontiguousarray(patient.prior_dose_gy, np.float32).tobytes()).hexdigest()[:12]
+    (folder / f"prior-{digest}").mkdir(exist_ok=True)
+    return folder / f"prior-{digest}" / f"{patient.patient_id}.npy"
 
 
 def prior_patients(
@@ -63,7 +81,7 @@ def prior_patients(
             doses = []
             for path in models:
                 model, card, folder = loaded[path]
-                stored = folder / f"{pid}.npy"
+                stored = stored_prediction(folder, card, patient)
                 if not stored.exists():
                     t0 = time.perf_counter()
                     dose = inference.predict_patient(model, card, patient, device=device)
