@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -38,6 +37,7 @@ from MambaDoseLib.errors import InputError, MambaDoseError
 from MambaDoseLib.features import PRIOR_DOSE, split_neighbour
 from MambaDoseLib.patient import Patient
 from MambaDoseTrainingLib.cache import list_cached, load_patient, write_patients
+from MambaDoseTrainingLib.dataset import _write_atomic as write_atomic
 
 
 def parse_part(text: str) -> tuple[Path, list[Path]]:
@@ -85,10 +85,7 @@ def prior_patients(
                 if not stored.exists():
                     t0 = time.perf_counter()
                     dose = inference.predict_patient(model, card, patient, device=device)
-                    tmp = stored.with_name(f".{stored.name}.tmp{os.getpid()}")
-                    with open(tmp, "wb") as f:  # atomic: a killed call leaves no truncated file
-                        np.save(f, dose)
-                    os.replace(tmp, stored)
+                    write_atomic(stored, np.save, dose)  # a killed call leaves no truncated file
                     log.info("%s %s: %.1f s", path, pid, time.perf_counter() - t0)
                 doses.append(np.load(stored))
             patient.prior_dose_gy = np.mean(doses, axis=0, dtype=np.float32)

@@ -177,9 +177,8 @@ def resample_patient_inplane(
         )
     pdm = np.asarray(patient.possible_dose_mask, bool)
     dose = None if patient.dose_gy is None else resample_inplane(patient.dose_gy, inplane, within=pdm)
-    prior = None  # a first-stage dose (a cascade's second stage) is resampled as the dose
-    if patient.prior_dose_gy is not None:
-        prior = resample_inplane(patient.prior_dose_gy, inplane, within=pdm)
+    prior = patient.prior_dose_gy  # a first-stage dose (a cascade's second stage): as the dose
+    prior = None if prior is None else resample_inplane(prior, inplane, within=pdm)
     direction = np.asarray(patient.direction, dtype=float)
     origin = np.asarray(patient.origin_mm, float) + direction[:, :2] @ np.asarray(inplane.offset_mm)
     resampled = Patient(

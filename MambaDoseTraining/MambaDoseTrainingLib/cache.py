@@ -157,11 +157,10 @@ def decode_patient(data: bytes, patient_id: str) -> Patient:
         count = (1 + len(rois)) * int(np.prod(shape))
         stack = np.unpackbits(f["masks"], count=count).astype(bool).reshape(1 + len(rois), *shape)
         ct = _decode_ct(f["ct_delta"]).astype(np.float32) * np.float32(CT_STEP)
-        dose = prior = None
-        if "dose_planes" in f.files:
-            dose = _decode_dose(f["dose_planes"]).astype(np.float32) * np.float32(DOSE_STEP_GY)
-        if "prior_planes" in f.files:
-            prior = _decode_dose(f["prior_planes"]).astype(np.float32) * np.float32(DOSE_STEP_GY)
+        dose, prior = (
+            _decode_dose(f[key]).astype(np.float32) * np.float32(DOSE_STEP_GY) if key in f.files else None
+            for key in ("dose_planes", "prior_planes")
+        )
         spacing = tuple(float(s) for s in f["spacing_mm"])
     return Patient(
         patient_id=patient_id,
@@ -316,15 +315,7 @@ def build_cache(
     warnings = [w for entry in entries for w in entry["warnings"]]
     for warning in warnings:
         log.warning(warning)
-    index = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "source": str(Path(split_dir).resolve()),
-        "quantisation": QUANTISATION,
-        "patients": entries,
-    }
-    index_bytes = json.dumps(index, indent=1).encode()
-    _write_atomic(cache / INDEX_FILE, index_bytes)
+    index_bytes = _write_index(cache, str(Path(split_dir).resolve()), entries)
     return {
         "cache_dir": str(cache),
         "patients": len(entries),
@@ -332,6 +323,21 @@ def build_cache(
         "seconds": time.perf_counter() - start,
         "warnings": warnings,
     }
+
+
+def _write_index(cache: Path, source: str | list[str], entries: list[dict]) -> bytes:
+    """Write ``cache/index.json`` (atomically, last: it marks the cache complete) for ``entries``
+    from ``source``; returns the bytes written."""
+    index = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "source": source,
+        "quantisation": QUANTISATION,
+        "patients": entries,
+    }
+    data = json.dumps(index, indent=1).encode()
+    _write_atomic(cache / INDEX_FILE, data)
+    return data
 
 
 def read_index(cache_dir: str | os.PathLike) -> dict:
@@ -407,14 +413,7 @@ def combine_caches(
             os.link(src, dst)
         except OSError:
             _write_atomic(dst, src.read_bytes())
-    index = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "source": sources,
-        "quantisation": QUANTISATION,
-        "patients": entries,
-    }
-    _write_atomic(out / INDEX_FILE, json.dumps(index, indent=1).encode())
+    _write_index(out, sources, entries)
     return {"cache_dir": str(out), "patients": len(entries), "sources": sources}
 
 
@@ -433,18 +432,13 @@ def write_patients(
         raise InputError(f"{out / INDEX_FILE}: already exists; choose a new folder")
     out.mkdir(parents=True, exist_ok=True)
     entries: list[dict] = []
+    seen: set[str] = set()
     for patient in patients:
-        if any(entry["id"] == patient.patient_id for entry in entries):
+        if patient.patient_id in seen:
             raise InputError(f"{out}: patient {patient.patient_id} given twice")
+        seen.add(patient.patient_id)
         entries.append(_write_patient(patient, out, [], preset))
-    index = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "source": source,
-        "quantisation": QUANTISATION,
-        "patients": entries,
-    }
-    _write_atomic(out / INDEX_FILE, json.dumps(index, indent=1).encode())
+    _write_index(out, source, entries)
     return {"cache_dir": str(out), "patients": len(entries)}
 
 
