@@ -47,6 +47,13 @@ def openkbp_validation_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def openkbp_train_dir(tmp_path_factory) -> Path:
+    """Folder holding the 169 real training patients (``pt_1`` ...); skips when data is absent."""
+    root = _unpacked_openkbp(tmp_path_factory.getbasetemp(), "openkbp-train-pats-*.tar.xz")
+    return root / "train-pats"
+
+
+@pytest.fixture(scope="session")
 def openkbp_patient_dir(openkbp_validation_dir) -> Path:
     """One real patient folder (the first validation patient)."""
     folders = sorted(openkbp_validation_dir.glob("pt_*"), key=lambda p: int(p.name.split("_")[1]))

@@ -185,6 +185,25 @@ def test_predict_openkbp_writes_masked_submissions_and_refuses_overwrite(split, 
     assert float(last[0].split()[1]) > 0.0
 
 
+def test_predict_openkbp_widen_ptv_hot_end(split, tiny_weights, tmp_path):
+    """--widen-ptv-hot-end writes calibration.widen_ptv_hot_tail of the plain prediction."""
+    from MambaDoseLib import calibration, openkbp
+
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "pt_3").symlink_to(split / "ref" / "pt_3", target_is_directory=True)
+    plain, widened = tmp_path / "plain", tmp_path / "widened"
+    args = ("--model", str(tiny_weights), "--device", "cpu")
+    assert _cli("predict-openkbp", str(one), str(plain), *args).returncode == 0
+    done = _cli("predict-openkbp", str(one), str(widened), *args, "--widen-ptv-hot-end")
+    assert done.returncode == 0, done.stderr
+    patient = openkbp.read_patient(split / "ref" / "pt_3")
+    expected = calibration.widen_ptv_hot_tail(
+        openkbp.read_sparse_dose(plain / "pt_3.csv"), patient.structures, patient.possible_dose_mask
+    )
+    np.testing.assert_allclose(openkbp.read_sparse_dose(widened / "pt_3.csv"), expected, atol=1e-4)
+
+
 def test_predict_openkbp_cuda_without_gpu_is_a_clear_error(split, tiny_weights, tmp_path):
     import torch
 

@@ -464,6 +464,28 @@ def test_views_reach_the_model_and_the_summary(tmp_path, phantom_native, model_p
     assert not (tmp_path / "bad").exists()
 
 
+def test_widen_ptv_hot_end_reaches_the_dose_and_the_summary(
+    tmp_path, phantom_native, model_path, monkeypatch
+):
+    ct, structures = phantom_native
+
+    def ramped(model, card, patient, **kwargs):  # the oracle is flat inside each PTV: add a ramp
+        dose = oracle_dose(model, card, patient)
+        ramp = np.linspace(0.0, 0.5, patient.shape[0], dtype=np.float32)[:, None, None]
+        return np.where(patient.possible_dose_mask, dose + ramp, 0.0).astype(np.float32)
+
+    monkeypatch.setattr(ORACLE_TARGET, ramped)
+    plain, widened = tmp_path / "plain", tmp_path / "widened"
+    assert mambadose(*_predict_args(ct, structures, plain, model_path)) == 0
+    assert mambadose(*_predict_args(ct, structures, widened, model_path), "--widen-ptv-hot-end") == 0
+    assert json.loads((plain / "summary.json").read_text())["widen_ptv_hot_end"] is False
+    assert json.loads((widened / "summary.json").read_text())["widen_ptv_hot_end"] is True
+    a = sitk.GetArrayFromImage(sitk.ReadImage(str(plain / "dose.nii.gz")))
+    b = sitk.GetArrayFromImage(sitk.ReadImage(str(widened / "dose.nii.gz")))
+    # a spread of 0.5 Gy at most, narrower than the table's: widening raises the hot voxels only
+    assert (b >= a - 1e-3).all() and (b > a + 0.01).any()
+
+
 def test_card_inplane_spacing_sets_the_model_grid(tmp_path, phantom_native, model_path, monkeypatch):
     """A model trained on one in-plane voxel size predicts a clinic CT on a model grid of that
     size, so ``predict_patient`` finds the patient on the card's grid and does not resample again."""

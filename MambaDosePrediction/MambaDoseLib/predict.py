@@ -65,7 +65,8 @@ class PredictionResult:
     dvh: patient structure name -> (dose_axis_gy, volume_percent) (``metrics.dvh_curve``).
     timings: stage -> seconds. device: the torch device used. model_card: the weights' card.
     model_path: the weights file. tta: whether flip test-time augmentation was used.
-    views: the slice orientations averaged.
+    views: the slice orientations averaged. widen_ptv_hot_end: whether the targets' hot end was
+    widened (``calibration.widen_ptv_hot_tail``).
     warnings: the warnings raised on the way (also logged).
     ct: the CT (HU) as given; masks: used structures as bool Volumes on the CT grid.
     model_grid: the grid the model saw.
@@ -87,6 +88,7 @@ class PredictionResult:
     model_grid: Grid
     warnings: list[str] = field(default_factory=list)
     views: tuple[str, ...] = ("axial",)
+    widen_ptv_hot_end: bool = False
 
     @property
     def highest_prescription_gy(self) -> float:
@@ -366,6 +368,7 @@ def predict_dose(
     views: Sequence[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
+    widen_ptv_hot_end: bool = False,
 ) -> PredictionResult:
     """Predict the dose for a patient (research prediction, not a treatment plan).
 
@@ -378,9 +381,11 @@ def predict_dose(
     tta: average over left-right flipped inputs. views: slice orientations averaged (default: the
     model card's, see ``inference.card_views``). progress(done, total): slices predicted so far.
     cancel(): checked between batches; returning True raises ``inference.PredictionCancelled``.
+    widen_ptv_hot_end: widen the dose's hot end inside each target on the model grid
+    (``calibration.widen_ptv_hot_tail``) before it goes back to the CT's grid.
     Raises InputError (bad CT, no overlap, no target), WeightsError (missing/mismatched weights).
     """
-    from . import inference, metrics, weights
+    from . import calibration, inference, metrics, weights
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -427,6 +432,8 @@ def predict_dose(
     dose_ijk = inference.predict_patient(
         model, card, patient, device=torch_device, tta=tta, views=views, progress=progress, cancel=cancel
     )
+    if widen_ptv_hot_end:
+        dose_ijk = calibration.widen_ptv_hot_tail(dose_ijk, patient.structures, patient.possible_dose_mask)
     timings["inference"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -452,6 +459,7 @@ def predict_dose(
         model_path=str(path),
         tta=tta,
         views=tuple(views),
+        widen_ptv_hot_end=widen_ptv_hot_end,
         ct=ct,
         masks=masks,
         model_grid=grid,
@@ -588,6 +596,7 @@ def summary(
         },
         "device": result.device,
         "tta": result.tta,
+        "widen_ptv_hot_end": result.widen_ptv_hot_end,
         "views": list(result.views),
         "ct_grid": _grid_dict(result.ct.grid),
         "model_grid": _grid_dict(result.model_grid),

@@ -66,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         model_path=args.model,
         device=args.device,
         tta=args.tta,
+        widen_ptv_hot_end=args.widen_ptv_hot_end,
         views=parse_views(args.views) if args.views else None,
         overwrite=args.overwrite,
         progress_bar=not args.no_progress,
@@ -83,6 +84,7 @@ def predict_and_write(
     model_path: Path | None = None,
     device: str = "auto",
     tta: bool = False,
+    widen_ptv_hot_end: bool = False,
     views: list[str] | None = None,
     overwrite: bool = False,
     progress_bar: bool = True,
@@ -111,6 +113,7 @@ def predict_and_write(
             model_path=model_path,
             device=device,
             tta=tta,
+            widen_ptv_hot_end=widen_ptv_hot_end,
             views=views,
             progress=progress,
         )

@@ -48,7 +48,7 @@ def _check_outputs(out_paths: list[Path], overwrite: bool) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from MambaDoseLib import RESEARCH_DISCLAIMER, inference, openkbp, weights
+    from MambaDoseLib import RESEARCH_DISCLAIMER, calibration, inference, openkbp, weights
     from MambaDoseLib.errors import InputError
 
     if args.batch_size < 1:
@@ -77,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
         dose_gy = inference.predict_patient(
             model, card, patient, device=device, tta=args.tta, batch_size=args.batch_size, views=views
         )
+        if args.widen_ptv_hot_end:
+            dose_gy = calibration.widen_ptv_hot_tail(dose_gy, patient.structures, patient.possible_dose_mask)
         openkbp.write_sparse_dose(out_path, dose_gy)
         times.append(time.perf_counter() - start)
         log.info("%s: %.2f s (read + predict + write) -> %s", folder.name, times[-1], out_path)
