@@ -75,6 +75,7 @@ class MambaDosePredictionParameterNode:
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     testTimeAugmentation: bool = True  # measured better on OpenKBP validation (README)
     useEnsemble: bool = False
+    widenPtvHotEnd: bool = False  # calibration.widen_ptv_hot_tail (README, "Session 12")
     replaceOutputs: bool = False
 
 
@@ -308,6 +309,7 @@ class MambaDosePredictionWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
                 or ("ensemble" if self._parameterNode.useEnsemble else None),
                 device=self._parameterNode.device,
                 tta=self._parameterNode.testTimeAugmentation,
+                widenPtvHotEnd=self._parameterNode.widenPtvHotEnd,
             )
         except Exception as exc:
             _showError("Dose prediction could not start", exc)
@@ -490,6 +492,7 @@ class MambaDosePredictionLogic(ScriptedLoadableModuleLogic):
         modelPath: str | None = None,
         device: str = "auto",
         tta: bool = False,
+        widenPtvHotEnd: bool = False,
     ) -> PredictionJob:
         """Read the inputs here (GUI thread) and run ``predict_dose`` in a worker thread."""
         from MambaDoseLib.predict import predict_dose
@@ -506,6 +509,7 @@ class MambaDosePredictionLogic(ScriptedLoadableModuleLogic):
                 tta=tta,
                 progress=progress,
                 cancel=cancel,
+                widen_ptv_hot_end=widenPtvHotEnd,
             )
 
         return PredictionJob(run).start()
@@ -520,9 +524,12 @@ class MambaDosePredictionLogic(ScriptedLoadableModuleLogic):
         device: str = "auto",
         tta: bool = False,
         replace: bool = False,
+        widenPtvHotEnd: bool = False,
     ) -> dict[str, Any]:
         """Predict and add the outputs (blocking; for scripts and tests). Returns the output nodes."""
-        job = self.startPrediction(ctNode, segmentationNode, mapping, prescriptions, modelPath, device, tta)
+        job = self.startPrediction(
+            ctNode, segmentationNode, mapping, prescriptions, modelPath, device, tta, widenPtvHotEnd
+        )
         return self.addOutputs(ctNode, job.wait(), replace)
 
     # -- outputs -----------------------------------------------------------------------------------
