@@ -137,3 +137,24 @@ def test_score_script_prints_both_rows(openkbp_patient_dir, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "predicted dose / DVH" in printed and "widened   dose / DVH" in printed
     assert "PTV70 mean error" in printed or "PTV56 mean error" in printed
+
+
+def test_error_anatomy_script(openkbp_patient_dir, tmp_path, capsys):
+    """benchmarks/error_anatomy.py on one real patient: a dose 2 % low has its error in the bands
+    that carry dose, every band's mean error <= 0, and the parotid lines for both doses."""
+    script = load_script(REPO / "benchmarks" / "error_anatomy.py")
+    split = tmp_path / "split"
+    split.mkdir()
+    (split / openkbp_patient_dir.name).symlink_to(openkbp_patient_dir, target_is_directory=True)
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    patient = openkbp.read_patient(openkbp_patient_dir)
+    openkbp.write_sparse_dose(pred / f"{patient.patient_id}.csv", patient.dose_gy * 0.98)
+    assert script.main([str(split), str(pred)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split() for line in lines if ".." in line and "%" in line]
+    assert len(rows) == len(script.BANDS_MM) - 1
+    assert all(float(row[-1]) <= 0.0 for row in rows)
+    assert sum(float(row[3]) for row in rows) == pytest.approx(100.0, abs=0.5)
+    assert any(line.strip().startswith("reference") for line in lines)
+    assert any(line.strip().startswith("prediction") for line in lines)

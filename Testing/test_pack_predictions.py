@@ -49,3 +49,22 @@ def test_refusals(tmp_path):
     with pytest.raises(ValueError, match="cannot be packed"):
         pack.pack(hot, tmp_path / "h.npz")
     assert not (tmp_path / "h.npz").exists()
+
+
+average = load_script(REPO / "benchmarks" / "average_predictions.py")
+
+
+def test_weighted_average_of_prediction_folders(tmp_path):
+    a = _write_predictions(tmp_path / "a", 1)
+    b = _write_predictions(tmp_path / "b", 2)
+    assert average.main([str(tmp_path / "mean"), f"{tmp_path / 'a'}:3", str(tmp_path / "b")]) == 0
+    for pid in a:
+        got = openkbp.read_sparse_dose(tmp_path / "mean" / f"{pid}.csv")
+        np.testing.assert_allclose(got, (3 * a[pid] + b[pid]) / 4, rtol=1e-6, atol=1e-6)
+    with pytest.raises(FileExistsError):  # nothing is written over
+        average.average(tmp_path / "mean", [(tmp_path / "a", 1.0)])
+    (tmp_path / "a" / "pt_3.csv").unlink()
+    with pytest.raises(ValueError, match="same pt_"):
+        average.average(tmp_path / "other", [(tmp_path / "a", 1.0), (tmp_path / "b", 1.0)])
+    with pytest.raises(SystemExit):
+        average.main([str(tmp_path / "x"), f"{tmp_path / 'b'}:0"])
