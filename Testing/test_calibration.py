@@ -124,17 +124,30 @@ def test_widening_real_prediction_lowers_d1_error(openkbp_patient_dir):
     assert d1 and sum(abs(after[k] - ref[k]) for k in d1) < sum(abs(before[k] - ref[k]) for k in d1)
 
 
-def test_score_script_prints_both_rows(openkbp_patient_dir, tmp_path, capsys):
-    script = load_script(REPO / "benchmarks" / "ptv_spread_calibration.py")
+def _one_patient_low_by_2_percent(patient_dir, tmp_path):
+    """A split of one real patient and a prediction folder holding its reference dose x 0.98."""
     split = tmp_path / "split"
     split.mkdir()
-    (split / openkbp_patient_dir.name).symlink_to(openkbp_patient_dir, target_is_directory=True)
+    (split / patient_dir.name).symlink_to(patient_dir, target_is_directory=True)
     pred = tmp_path / "pred"
     pred.mkdir()
-    patient = openkbp.read_patient(openkbp_patient_dir)
+    patient = openkbp.read_patient(patient_dir)
     openkbp.write_sparse_dose(pred / f"{patient.patient_id}.csv", patient.dose_gy * 0.98)
-    assert script.main(["score", str(split), str(pred)]) == 0
+    return split, pred
+
+
+def test_score_script_prints_both_rows(openkbp_patient_dir, tmp_path, capsys):
+    script = load_script(REPO / "benchmarks" / "ptv_spread_calibration.py")
+    split, pred = _one_patient_low_by_2_percent(openkbp_patient_dir, tmp_path)
+    assert script.main(["score", str(split), str(pred), "--write", str(tmp_path / "w")]) == 0
     printed = capsys.readouterr().out
+    assert (tmp_path / "w" / "pred" / f"{openkbp_patient_dir.name}.csv").exists()
+    per_roi = tmp_path / "roi.csv"
+    per_roi.write_text(
+        "patient_id,roi,pred_D95,ref_D95,pred_HI,ref_HI\np,PTV70,60,62,0.1,0.2\np,PTV56,50,54,0.3,0.2\n"
+    )
+    assert script.main(["ptv-means", str(per_roi)]) == 0
+    assert "mean predicted D95: 55.00 Gy (reference 58.00 Gy)" in capsys.readouterr().out
     assert "predicted dose / DVH" in printed and "widened   dose / DVH" in printed
     assert "PTV70 mean error" in printed or "PTV56 mean error" in printed
 
@@ -143,13 +156,7 @@ def test_error_anatomy_script(openkbp_patient_dir, tmp_path, capsys):
     """benchmarks/error_anatomy.py on one real patient: a dose 2 % low has its error in the bands
     that carry dose, every band's mean error <= 0, and the parotid lines for both doses."""
     script = load_script(REPO / "benchmarks" / "error_anatomy.py")
-    split = tmp_path / "split"
-    split.mkdir()
-    (split / openkbp_patient_dir.name).symlink_to(openkbp_patient_dir, target_is_directory=True)
-    pred = tmp_path / "pred"
-    pred.mkdir()
-    patient = openkbp.read_patient(openkbp_patient_dir)
-    openkbp.write_sparse_dose(pred / f"{patient.patient_id}.csv", patient.dose_gy * 0.98)
+    split, pred = _one_patient_low_by_2_percent(openkbp_patient_dir, tmp_path)
     assert script.main([str(split), str(pred)]) == 0
     lines = capsys.readouterr().out.splitlines()
     rows = [line.split() for line in lines if ".." in line and "%" in line]
