@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import load_script
-from MambaDoseLib import openkbp
+from MambaDoseLib import calibration, metrics, openkbp
 from MambaDoseLib.model import MambaUNetConfig, MambaUNetV2
 from MambaDoseLib.phantom import make_phantom_folder
 from MambaDoseLib.weights import save_model
@@ -131,3 +131,62 @@ def test_refusals_name_the_problem(setup):
         "c=b",
     )
     assert outside.returncode != 0 and "no fold holds pt_2" in outside.stderr
+
+
+def test_model_tta_reads_the_flip_tta_store_and_widened_combos_are_added(setup):
+    root, split, files, store = setup
+    card = json.loads(files["b"].with_suffix(".json").read_text())
+    folder = store_folder(store, card, ("axial",), tta=True)  # b's flip-TTA predictions: offset 4
+    folder.mkdir(parents=True, exist_ok=True)
+    for pid in ("pt_1", "pt_2"):
+        patient = openkbp.read_patient(split / pid)
+        np.save(folder / f"{pid}.npy", patient.dose_gy + 4.0 * patient.possible_dose_mask)
+    result = _run(
+        root, split, store, "--model", f"b={files['b']}", "--model-tta", f"tb={files['b']}",
+        "--combo", "plain=b", "--combo", "mix=b+tb", "--widen-ptv-hot-end",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = {ln[:40].strip(): [float(x) for x in ln[40:].split()[:3]] for ln in result.stdout.splitlines()[2:]}
+    assert set(rows) == {"plain", "mix", "plain widened", "mix widened"}
+    assert rows["plain"][0] == pytest.approx(2.0, abs=1e-4)
+    assert rows["mix"][0] == pytest.approx(3.0, abs=1e-4)  # (2 + 4) / 2 everywhere
+    # the widened rows are the same means through calibration.widen_ptv_hot_tail, then scored
+    scores = []
+    for pid in ("pt_1", "pt_2"):
+        patient = openkbp.read_patient(split / pid)
+        mean = patient.dose_gy + 3.0 * patient.possible_dose_mask
+        wide = calibration.widen_ptv_hot_tail(mean, patient.structures, patient.possible_dose_mask)
+        scores.append(metrics.score_patient(wide, patient, metrics.reference_dvh_metrics(patient)))
+    dose, dvh, _ = metrics.score_summary(scores)
+    assert rows["mix widened"][:2] == pytest.approx([dose, dvh], abs=1e-4)
+    missing = _run(root, split, store, "--model-tta", f"a={files['a0']}", "--combo", "c=a")
+    assert missing.returncode != 0 and "no stored prediction" in missing.stderr
+
+
+def test_roi_bias_is_the_mean_signed_metric_error(setup):
+    root, split, files, store = setup
+    result = _run(
+        root, split, store, "--model", f"b={files['b']}", "--combo", "cb=b", "--combo", "cb2=b*2",
+        "--roi-bias", "PTV70:D_95", "--roi-bias", "Brainstem:mean",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    expected = {}  # b is the reference + 2 Gy inside the possible-dose mask
+    for key in (("PTV70", "D_95"), ("Brainstem", "mean")):
+        errs = []
+        for pid in ("pt_1", "pt_2"):
+            patient = openkbp.read_patient(split / pid)
+            pred = patient.dose_gy + 2.0 * patient.possible_dose_mask
+            got = metrics.openkbp_dvh_metrics(pred, patient.structures, patient.voxel_volume_mm3)
+            ref = metrics.reference_dvh_metrics(patient)
+            if key in got and key in ref:
+                errs.append(got[key] - ref[key])
+        expected[key] = float(np.mean(errs))
+    out = result.stdout
+    assert "mean signed error of PTV70 D_95 (prediction - reference):" in out
+    block = out.split("mean signed error of Brainstem mean")[1].splitlines()
+    assert float(block[1].split()[1]) == pytest.approx(expected[("Brainstem", "mean")], abs=1e-3)
+    assert expected[("Brainstem", "mean")] > 0.5  # the organ lies (at least partly) inside the mask
+    bad = _run(
+        root, split, store, "--model", f"b={files['b']}", "--combo", "cb=b", "--roi-bias", "PTV70:mean"
+    )
+    assert bad.returncode != 0 and "--roi-bias 'PTV70:mean'" in bad.stderr

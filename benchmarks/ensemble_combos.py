@@ -1,11 +1,17 @@
 """Score several weighted means of stored predictions in one pass over the patients (CPU).
 
     python benchmarks/ensemble_combos.py --model NAME=FILE[@VIEWS] ... --combo "LABEL=NAME*W+NAME+..." ...
-        [--split DIR] [--store DIR] [--tta]
+        [--split DIR] [--store DIR] [--tta] [--model-tta NAME=FILE ...] [--widen-ptv-hot-end]
 
 Every ``--model`` names a .safetensors file whose predictions ``benchmarks/ensemble_eval.py`` has
 stored (same ``--store``, views and ``--tta``; a model without stored predictions for every patient
-is refused by name: run ensemble_eval.py on it first). Every ``--combo`` is a voxel-wise weighted
+is refused by name: run ensemble_eval.py on it first). ``--tta`` reads every model's flip-TTA
+predictions; ``--model-tta`` names one whose flip-TTA predictions are read whatever ``--tta`` says
+(to mix networks predicted with and without the flip). ``--widen-ptv-hot-end`` scores every combo
+a second time after ``calibration.widen_ptv_hot_tail`` (labelled "<label> widened").
+``--roi-bias ROI:METRIC`` (e.g. ``RightParotid:mean``, ``PTV70:D_1``) prints, per combo, the mean
+signed error (prediction - reference, Gy) of that DVH metric over the patients that have the ROI.
+Every ``--combo`` is a voxel-wise weighted
 mean of named models (``*W`` weighs a model W times; an ensemble file counts as its weight). Each
 patient is read once and every combo scored on it with the challenge's definitions
 (``metrics.score_prediction``); prints each combo's dose score and DVH score (per patient and
@@ -38,7 +44,7 @@ from ensemble_eval import (  # this folder is on sys.path when run as a script
     named_model,
     parse_weighted,
 )
-from MambaDoseLib import metrics, openkbp
+from MambaDoseLib import calibration, metrics, openkbp, rois
 
 
 def parse_combo(text: str, names: set[str]) -> tuple[str, list[tuple[str, float]]]:
@@ -63,8 +69,37 @@ def main() -> int:
     parser.add_argument("--split", type=Path, default=Path("/tmp/openkbp/validation-pats"))
     parser.add_argument("--store", type=Path, default=STORE)
     parser.add_argument("--tta", action="store_true", help="the stored predictions made with flip TTA")
+    parser.add_argument(
+        "--model-tta",
+        action="append",
+        default=[],
+        help="NAME=FILE[@views] whose stored predictions were made with flip TTA (whatever --tta says)",
+    )
+    parser.add_argument(
+        "--widen-ptv-hot-end",
+        action="store_true",
+        help="also score every combo after calibration.widen_ptv_hot_tail (label + ' widened')",
+    )
+    parser.add_argument(
+        "--roi-bias",
+        action="append",
+        default=[],
+        metavar="ROI:METRIC",
+        help="print each combo's mean signed error of this DVH metric (e.g. RightParotid:mean)",
+    )
     args = parser.parse_args()
-    if not args.model and not args.crossfit:
+    bias_keys = []
+    for spec in args.roi_bias:
+        roi, sep, metric = spec.partition(":")
+        organ_metric = roi in rois.OAR_NAMES and metric in ("mean", "D_0.1_cc")
+        target_metric = roi in rois.TARGET_NAMES and metric in ("D_99", "D_95", "D_1")
+        if not sep or not (organ_metric or target_metric):
+            raise SystemExit(
+                f"--roi-bias {spec!r}: expected ROI:METRIC, an OpenKBP organ with mean or D_0.1_cc, "
+                "or a target with D_99, D_95 or D_1"
+            )
+        bias_keys.append((roi, metric))
+    if not args.model and not args.model_tta and not args.crossfit:
         raise SystemExit("give at least one --model or --crossfit")
     if args.crossfit and args.folds is None:
         raise SystemExit("--crossfit needs --folds")
@@ -77,8 +112,8 @@ def main() -> int:
         if outside:
             raise SystemExit(f"{args.folds}: no fold holds {', '.join(outside[:3])} of {args.split}")
     stores: dict[str, dict[str, Path]] = {}  # name -> patient id -> store folder of its prediction
-    for spec in args.model:
-        name, path, _, store, weight = named_model(spec, args.store, args.tta)
+    for spec, tta in [(m, args.tta) for m in args.model] + [(m, True) for m in args.model_tta]:
+        name, path, _, store, weight = named_model(spec, args.store, tta)
         if weight != 1:
             raise SystemExit(f"--model {spec!r}: weights go in --combo (NAME*W), not in --model")
         if name in stores:
@@ -104,6 +139,8 @@ def main() -> int:
             check_stored(f"{name} fold {k} ({path})", store, held)
             stores[name].update({f.name: store for f in held})
     combos = [parse_combo(c, set(stores)) for c in args.combo]
+    widened = {f"{label} widened" for label, _ in combos} if args.widen_ptv_hot_end else set()
+    combos += [(f"{label} widened", parts) for label, parts in combos if f"{label} widened" in widened]
     labels = {label for label, _ in combos}
     pairs = [tuple(spec.split(":")) for spec in args.paired]
     for spec, pair in zip(args.paired, pairs, strict=True):
@@ -118,6 +155,8 @@ def main() -> int:
         doses = {n: np.load(stores[n][folder.name] / f"{folder.name}.npy") for n in used}
         for label, parts in combos:
             mean = np.average([doses[n] for n, _ in parts], axis=0, weights=[w for _, w in parts])
+            if label in widened:
+                mean = calibration.widen_ptv_hot_tail(mean, patient.structures, patient.possible_dose_mask)
             scores[label].append(metrics.score_patient(mean, patient, ref))
         print(f"{folder.name} done", file=sys.stderr, flush=True)
     print(f"{len(folders)} patients of {args.split}")
@@ -126,6 +165,14 @@ def main() -> int:
         dose_mean, dvh_mean, pooled = metrics.score_summary(scores[label])
         networks = " + ".join(f"{n}*{w:g}" if w != 1 else n for n, w in parts)
         print(f"{label:40s} {dose_mean:10.4f} {dvh_mean:10.4f} {pooled:11.4f}  {networks}")
+    for key in bias_keys:
+        print(f"mean signed error of {key[0]} {key[1]} (prediction - reference):")
+        for label, _ in combos:
+            err = [pm[key] - rm[key] for *_, (pm, rm) in scores[label] if key in pm and key in rm]
+            spread = f" +- {np.std(err):.3f}" if err else ""
+            print(
+                f"  {label:38s} {np.mean(err) if err else float('nan'):+8.3f}{spread} Gy  ({len(err)} patients)"
+            )
     for k in range(n_folds):
         rows = [i for i, f in enumerate(folders) if fold_of[f.name] == k]
         if not rows:

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Session 14's runs on one GPU: does the left-right flip cost accuracy? The training plans
+# spare the left parotid 2.03 +- 0.45 Gy more than the right (session 12,
+# benchmarks/error_anatomy.py); every network so far was trained with the left-right mirror and the
+# Left/Right channels swapped with it, so it can tie that difference neither to the side nor to the
+# name, and the shipped ensemble's right parotid mean dose is 1.8 Gy too cold on validation.
+# Planned for a 4-GPU host in session 13 (whose machine was given back before the runs came home);
+# session 14 had one H200, so one variant against a control, all on GPU 0, three at a time:
+#   n5  3D, no left-right flip (--flip-lr-p 0), DVH term W = 2 over slabs: session 9's h93 recipe
+#       (GroupNorm, widths 24-192, slabs of 32, EPOCHS_3D cosine, validated every 5th), the recipe
+#       of the shipped ensemble's 3D member, so n5 can stand in for it
+#   n1, n2  2D, no flip (s51's recipe, EPOCHS_2D cosine, validated every 2nd epoch, best kept), one
+#       after the other
+#   c1, c2  2D controls: the same with the usual flip and Left/Right swap, same seeds' neighbours
+# Everything in the background (setsid nohup), so the runs outlive the device call; collect with
+# `NO_SCORE=1 bash benchmarks/gpu/session4_collect.sh WAIT_S`.
+# Needs /tmp/cache/{train,val}, `source benchmarks/gpu/setup.sh`, run from a copy that stays put.
+#   bash benchmarks/gpu/session14_laterality_runs.sh TIME_LIMIT_S EPOCHS_3D EPOCHS_2D
+limit=$1; epochs3=$2; epochs2=$3
+CHANNELS_LAST_ARG="" source benchmarks/gpu/runs_common.sh "$limit" "$epochs3" --scan-directions 1 \
+  --backend torch --compile --patience 1000
+[ -e /tmp/feat/.done ] || { python3 benchmarks/gpu/prebuild_features.py > $runs/features.log 2>&1 && touch /tmp/feat/.done; }
+d3="--channels 2d --slab 32 --batch-size 128 --val-batch-size 128 --model-option conv_dims=3"
+d3="$d3 --model-option norm=group --model-channels 24,48,96,192 --val-every 5"  # one line: chain reads it
+d2="--epochs $epochs2 --compile-mode reduce-overhead --channels-last --channels 2d --val-every 2"
+nf="--flip-lr-p 0"
+# one GPU, trainings one after the other, in the background (the chain's command line names the
+# CLI, so session4_collect.sh waits for the whole chain)
+chain() {  # GPU "NAME SEED ARGS..." ...
+  local gpu=$1; shift; local cmds="" spec name seed rest
+  for spec in "$@"; do
+    read -r name seed rest <<< "$spec"
+    cmds="$cmds python3 -m MambaDoseLib.cli train $common --seed $seed --loss-beta 0.01 $rest --out $runs/$name > $runs/$name.log 2>&1;"
+  done
+  CUDA_VISIBLE_DEVICES=$gpu setsid nohup bash -c "$cmds" > /dev/null 2>&1 < /dev/null &
+}
+chain 0 "n5 1305 $d3 $nf --dvh-loss 2"
+chain 0 "n1 1301 $d2 $nf" "n2 1302 $d2 $nf"
+chain 0 "c1 1321 $d2" "c2 1322 $d2"
+sleep 2
+echo "started: $(ls $runs/*.log | wc -l) logs"
