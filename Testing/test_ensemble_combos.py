@@ -190,3 +190,24 @@ def test_roi_bias_is_the_mean_signed_metric_error(setup):
         root, split, store, "--model", f"b={files['b']}", "--combo", "cb=b", "--roi-bias", "PTV70:mean"
     )
     assert bad.returncode != 0 and "--roi-bias 'PTV70:mean'" in bad.stderr
+
+
+def test_folder_of_submission_csvs_is_read_as_a_model(setup):
+    root, split, files, store = setup
+    csvs = root / "csv_preds"
+    csvs.mkdir(exist_ok=True)
+    for pid in ("pt_1", "pt_2"):  # the reference + 6 Gy inside the possible-dose mask, as pt_<N>.csv
+        patient = openkbp.read_patient(split / pid)
+        openkbp.write_sparse_dose(csvs / f"{pid}.csv", patient.dose_gy + 6.0 * patient.possible_dose_mask)
+    result = _run(
+        root, split, store, "--model", f"b={files['b']}", "--folder", f"f={csvs}",
+        "--combo", "cf=f", "--combo", "mix=f+b*2",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = {ln[:40].strip(): float(ln[40:].split()[0]) for ln in result.stdout.splitlines()[2:]}
+    assert rows == pytest.approx({"cf": 6.0, "mix": (6.0 + 2 * 2.0) / 3}, abs=1e-3)
+    (csvs / "pt_2.csv").unlink()
+    missing = _run(root, split, store, "--folder", f"f={csvs}", "--combo", "cf=f")
+    assert missing.returncode != 0 and "--folder" in missing.stderr and "pt_2" in missing.stderr
+    twice = _run(root, split, store, "--model", f"f={files['b']}", "--folder", f"f={root}", "--combo", "c=f")
+    assert twice.returncode != 0 and "the name f is given twice" in twice.stderr

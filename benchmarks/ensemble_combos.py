@@ -1,13 +1,17 @@
 """Score several weighted means of stored predictions in one pass over the patients (CPU).
 
     python benchmarks/ensemble_combos.py --model NAME=FILE[@VIEWS] ... --combo "LABEL=NAME*W+NAME+..." ...
-        [--split DIR] [--store DIR] [--tta] [--model-tta NAME=FILE ...] [--widen-ptv-hot-end]
+        [--split DIR] [--store DIR] [--tta] [--model-tta NAME=FILE ...] [--folder NAME=DIR ...]
+        [--widen-ptv-hot-end]
 
 Every ``--model`` names a .safetensors file whose predictions ``benchmarks/ensemble_eval.py`` has
 stored (same ``--store``, views and ``--tta``; a model without stored predictions for every patient
 is refused by name: run ensemble_eval.py on it first). ``--tta`` reads every model's flip-TTA
 predictions; ``--model-tta`` names one whose flip-TTA predictions are read whatever ``--tta`` says
-(to mix networks predicted with and without the flip). ``--widen-ptv-hot-end`` scores every combo
+(to mix networks predicted with and without the flip). ``--folder NAME=DIR`` names a folder of
+predictions in the challenge's format (``pt_<N>.csv``, e.g. from ``mambadose predict-openkbp``, such
+as the shipped ensemble's flip-TTA dose made on a GPU), read as a model's stored predictions are.
+``--widen-ptv-hot-end`` scores every combo
 a second time after ``calibration.widen_ptv_hot_tail`` (labelled "<label> widened").
 ``--roi-bias ROI:METRIC`` (e.g. ``RightParotid:mean``, ``PTV70:D_1``) prints, per combo, the mean
 signed error (prediction - reference, Gy) of that DVH metric over the patients that have the ROI.
@@ -76,6 +80,12 @@ def main() -> int:
         help="NAME=FILE[@views] whose stored predictions were made with flip TTA (whatever --tta says)",
     )
     parser.add_argument(
+        "--folder",
+        action="append",
+        default=[],
+        help="NAME=DIR: a folder of pt_<N>.csv predictions (the challenge's format) used as a model",
+    )
+    parser.add_argument(
         "--widen-ptv-hot-end",
         action="store_true",
         help="also score every combo after calibration.widen_ptv_hot_tail (label + ' widened')",
@@ -99,8 +109,8 @@ def main() -> int:
                 "or a target with D_99, D_95 or D_1"
             )
         bias_keys.append((roi, metric))
-    if not args.model and not args.model_tta and not args.crossfit:
-        raise SystemExit("give at least one --model or --crossfit")
+    if not args.model and not args.model_tta and not args.crossfit and not args.folder:
+        raise SystemExit("give at least one --model, --folder or --crossfit")
     if args.crossfit and args.folds is None:
         raise SystemExit("--crossfit needs --folds")
 
@@ -120,6 +130,18 @@ def main() -> int:
             raise SystemExit(f"--model {spec!r}: the name {name} is given twice")
         check_stored(f"{name} ({path})", store, folders)
         stores[name] = {f.name: store for f in folders}
+    csv_names = set()
+    for spec in args.folder:
+        name, sep, folder_text = spec.partition("=")
+        if not sep or not name or not folder_text:
+            raise SystemExit(f"--folder {spec!r}: expected NAME=DIR")
+        if name in stores:
+            raise SystemExit(f"--folder {spec!r}: the name {name} is given twice")
+        missing = [f.name for f in folders if not (Path(folder_text) / f"{f.name}.csv").exists()]
+        if missing:
+            raise SystemExit(f"--folder {spec!r}: no {', '.join(missing[:3])} ... (.csv) in {folder_text}")
+        stores[name] = {f.name: Path(folder_text) for f in folders}
+        csv_names.add(name)
     n_folds = len(set(fold_of.values()))
     for spec in args.crossfit:
         name, sep, files = spec.partition("=")
@@ -152,7 +174,14 @@ def main() -> int:
     for folder in folders:
         patient = openkbp.read_patient(folder)
         ref = metrics.reference_dvh_metrics(patient)
-        doses = {n: np.load(stores[n][folder.name] / f"{folder.name}.npy") for n in used}
+        doses = {
+            n: (
+                openkbp.read_sparse_dose(stores[n][folder.name] / f"{folder.name}.csv")
+                if n in csv_names
+                else np.load(stores[n][folder.name] / f"{folder.name}.npy")
+            )
+            for n in used
+        }
         for label, parts in combos:
             mean = np.average([doses[n] for n, _ in parts], axis=0, weights=[w for _, w in parts])
             if label in widened:

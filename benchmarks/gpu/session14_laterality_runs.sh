@@ -12,11 +12,17 @@
 #   n1, n2  2D, no flip (s51's recipe, EPOCHS_2D cosine, validated every 2nd epoch, best kept), one
 #       after the other
 #   c1, c2  2D controls: the same with the usual flip and Left/Right swap, same seeds' neighbours
+#   n3, c3, u3 (and n4, c4, u4: seed 1402)  session 15: one seed (1401) for all three, so that they differ only in the mirror:
+#       no flip (n3), flip with the Left/Right swap (c3), flip without the swap (u3: a mirrored
+#       patient keeps its names, so "LeftParotid" can carry the sparing whichever side it lies on)
 # Everything in the background (setsid nohup), so the runs outlive the device call; collect with
 # `NO_SCORE=1 bash benchmarks/gpu/session4_collect.sh WAIT_S`.
 # Needs /tmp/cache/{train,val}, `source benchmarks/gpu/setup.sh`, run from a copy that stays put.
-#   bash benchmarks/gpu/session14_laterality_runs.sh TIME_LIMIT_S EPOCHS_3D EPOCHS_2D
-limit=$1; epochs3=$2; epochs2=$3
+# RUNS (default "n5 n1+n2 c1+c2"): the chains to start, names joined by "+" run one after the other.
+# Session 14's machine went back twice before the runs came home; its last device minutes ran
+# "n1 c1" with EPOCHS_2D = 14. Session 15 (one H200): "n3 c3 u3", then "n4 c4 u4", with EPOCHS_2D = 24.
+#   bash benchmarks/gpu/session14_laterality_runs.sh TIME_LIMIT_S EPOCHS_3D EPOCHS_2D ["RUNS"]
+limit=$1; epochs3=$2; epochs2=$3; runs_wanted=${4:-n5 n1+n2 c1+c2}
 CHANNELS_LAST_ARG="" source benchmarks/gpu/runs_common.sh "$limit" "$epochs3" --scan-directions 1 \
   --backend torch --compile --patience 1000
 [ -e /tmp/feat/.done ] || { python3 benchmarks/gpu/prebuild_features.py > $runs/features.log 2>&1 && touch /tmp/feat/.done; }
@@ -34,8 +40,14 @@ chain() {  # GPU "NAME SEED ARGS..." ...
   done
   CUDA_VISIBLE_DEVICES=$gpu setsid nohup bash -c "$cmds" > /dev/null 2>&1 < /dev/null &
 }
-chain 0 "n5 1305 $d3 $nf --dvh-loss 2"
-chain 0 "n1 1301 $d2 $nf" "n2 1302 $d2 $nf"
-chain 0 "c1 1321 $d2" "c2 1322 $d2"
+declare -A recipe=([n5]="n5 1305 $d3 $nf --dvh-loss 2" [n1]="n1 1301 $d2 $nf" [n2]="n2 1302 $d2 $nf"
+  [c1]="c1 1321 $d2" [c2]="c2 1322 $d2" [n3]="n3 1401 $d2 $nf" [c3]="c3 1401 $d2"
+  [u3]="u3 1401 $d2 --no-lr-swap" [n4]="n4 1402 $d2 $nf" [c4]="c4 1402 $d2"
+  [u4]="u4 1402 $d2 --no-lr-swap")
+for want in $runs_wanted; do
+  specs=(); IFS=+ read -ra names <<< "$want"
+  for n in "${names[@]}"; do specs+=("${recipe[$n]}"); done
+  chain 0 "${specs[@]}"
+done
 sleep 2
 echo "started: $(ls $runs/*.log | wc -l) logs"
