@@ -31,16 +31,6 @@ d3="--channels 2d --slab 32 --batch-size 128 --val-batch-size 128 --model-option
 d3="$d3 --model-option norm=group --model-channels 24,48,96,192 --dvh-loss 2"  # one line: chain reads it
 d2="--epochs $epochs2 --compile-mode reduce-overhead --channels-last --channels 2d"
 fold() { echo "--train-cache $cf/fold$1/train --val-cache $cf/fold$1/heldout"; }
-# one GPU, trainings one after the other, in the background (the chain's command line names the
-# CLI, so session4_collect.sh waits for the whole chain)
-chain() {  # GPU "NAME SEED ARGS..." ...
-  local gpu=$1; shift; local cmds="" spec name seed rest
-  for spec in "$@"; do
-    read -r name seed rest <<< "$spec"
-    cmds="$cmds python3 -m MambaDoseLib.cli train $common --seed $seed --loss-beta 0.01 $rest --out $runs/$name > $runs/$name.log 2>&1;"
-  done
-  CUDA_VISIBLE_DEVICES=$gpu setsid nohup bash -c "$cmds" > /dev/null 2>&1 < /dev/null &
-}
 chain 0 "c03 103 $d3 $(fold 0)"
 chain 0 "c0p 100 $d2 $(fold 0)" "c0d 101 $d2 --dvh-loss 1 $(fold 0)"
 chain 1 "c13 113 $d3 $(fold 1)"

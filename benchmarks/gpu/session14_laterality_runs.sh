@@ -30,16 +30,6 @@ d3="--channels 2d --slab 32 --batch-size 128 --val-batch-size 128 --model-option
 d3="$d3 --model-option norm=group --model-channels 24,48,96,192 --val-every 5"  # one line: chain reads it
 d2="--epochs $epochs2 --compile-mode reduce-overhead --channels-last --channels 2d --val-every 2"
 nf="--flip-lr-p 0"
-# one GPU, trainings one after the other, in the background (the chain's command line names the
-# CLI, so session4_collect.sh waits for the whole chain)
-chain() {  # GPU "NAME SEED ARGS..." ...
-  local gpu=$1; shift; local cmds="" spec name seed rest
-  for spec in "$@"; do
-    read -r name seed rest <<< "$spec"
-    cmds="$cmds python3 -m MambaDoseLib.cli train $common --seed $seed --loss-beta 0.01 $rest --out $runs/$name > $runs/$name.log 2>&1;"
-  done
-  CUDA_VISIBLE_DEVICES=$gpu setsid nohup bash -c "$cmds" > /dev/null 2>&1 < /dev/null &
-}
 declare -A recipe=([n5]="n5 1305 $d3 $nf --dvh-loss 2" [n1]="n1 1301 $d2 $nf" [n2]="n2 1302 $d2 $nf"
   [c1]="c1 1321 $d2" [c2]="c2 1322 $d2" [n3]="n3 1401 $d2 $nf" [c3]="c3 1401 $d2"
   [u3]="u3 1401 $d2 --no-lr-swap" [n4]="n4 1402 $d2 $nf" [c4]="c4 1402 $d2"
