@@ -410,3 +410,37 @@ def test_ensemble_of_members_of_different_depth_pads_for_the_deepest():
     for order in ([shallow, deep], [deep, shallow]):
         dose = inference.predict_volume(MambaUNetV2Ensemble(order).eval(), f, device="cpu")
         assert dose.shape == (12, 12, 3) and np.isfinite(dose).all()
+
+
+def _card_with_augment(augment: dict | None) -> dict:
+    card = {"channels": ["ct", "mask_RightParotid", "mask_LeftParotid"]}
+    if augment is not None:
+        card["training"] = {"config": {"augment": augment}}
+    return card
+
+
+def test_card_tta_swaps_lr_follows_the_training_mirror():
+    assert inference.card_tta_swaps_lr(_card_with_augment(None))  # cards that do not say: swap
+    assert inference.card_tta_swaps_lr(_card_with_augment({"flip_lr_p": 0.5, "swap_lr_channels": True}))
+    assert not inference.card_tta_swaps_lr(_card_with_augment({"flip_lr_p": 0.5, "swap_lr_channels": False}))
+    # trained without the mirror: the swapped mirror is the input that looks like an unmirrored patient
+    assert inference.card_tta_swaps_lr(_card_with_augment({"flip_lr_p": 0.0, "swap_lr_channels": False}))
+
+
+@pytest.mark.parametrize(("swap", "expected"), [(True, [(1, 2)]), (False, [])])
+def test_predict_patient_tta_swaps_as_the_network_was_trained(monkeypatch, swap, expected):
+    from MambaDoseLib import features
+    from MambaDoseLib.phantom import make_phantom
+
+    patient = make_phantom(shape=(32, 32, 16), seed=3)
+    seen = {}
+
+    def fake_predict_volume(model, feats, **kwargs):
+        seen.update(kwargs)
+        return np.zeros(feats.shape[1:], np.float32)
+
+    monkeypatch.setattr(features, "build_features", lambda p, ch: np.zeros((len(ch), *p.shape), np.float32))
+    monkeypatch.setattr(inference, "predict_volume", fake_predict_volume)
+    card = _card_with_augment({"flip_lr_p": 0.5, "swap_lr_channels": swap})
+    inference.predict_patient(None, card, patient, tta=True)
+    assert [tuple(p) for p in seen["swap_channels"]] == expected and seen["tta"] is True

@@ -403,7 +403,8 @@ def predict_patient(
     is resampled onto it (``spacing.resample_patient_inplane``), predicted there, and the dose
     comes back to the patient's grid (``spacing.resample_dose_back`` within the resampled
     possible-dose mask, where the model was trained). kwargs go to
-    :func:`predict_volume`; ``swap_channels`` defaults to the card's right/left channel pairs and,
+    :func:`predict_volume`; ``swap_channels`` defaults to the card's right/left channel pairs (none
+    for a network trained to mirror without swapping them, :func:`card_tta_swaps_lr`) and,
     when the patient is not resampled, ``within`` to its possible-dose mask (slices without it are
     not computed).
     Returns float32 (I, J, K) on the patient's grid.
@@ -417,7 +418,7 @@ def predict_patient(
     if spacing_mm is not None:
         model_patient, inplane = resample_patient_inplane(patient, spacing_mm)
     features = build_features(model_patient, channels)
-    kwargs.setdefault("swap_channels", lr_swap_pairs(channels))
+    kwargs.setdefault("swap_channels", lr_swap_pairs(channels) if card_tta_swaps_lr(card) else ())
     kwargs.setdefault("views", card_views(card))
     resampled = inplane is not None and not inplane.is_identity
     if not resampled:
@@ -429,6 +430,21 @@ def predict_patient(
         dose = resample_dose_back(dose, inplane, within=model_patient.possible_dose_mask)
     dose[~np.asarray(patient.possible_dose_mask, bool)] = 0.0
     return dose
+
+
+def card_tta_swaps_lr(card: Mapping[str, Any]) -> bool:
+    """Whether the left-right flip TTA exchanges the Right/Left channels for this model.
+
+    As its training's mirror did: ``False`` only for a network trained with the left-right flip and
+    without the swap (``mambadose train --no-lr-swap``, card ``training.config.augment``), which saw
+    mirrored patients with their names kept and ties a structure's dose to its name (e.g. the left
+    parotid's stronger sparing in OpenKBP, README "Sessions 13-15"); swapping under the TTA would
+    average that away. ``True`` for every other card, including those that do not record their
+    augmentation and networks trained without the flip (for them the swapped mirror is the input
+    that looks like an unmirrored patient).
+    """
+    augment = ((card.get("training") or {}).get("config") or {}).get("augment") or {}
+    return bool(augment.get("swap_lr_channels", True)) or not augment.get("flip_lr_p", 0.5)
 
 
 def card_views(card: Mapping[str, Any]) -> tuple[str, ...]:
