@@ -137,9 +137,7 @@ def main() -> int:
             raise SystemExit(f"--folder {spec!r}: expected NAME=DIR")
         if name in stores:
             raise SystemExit(f"--folder {spec!r}: the name {name} is given twice")
-        missing = [f.name for f in folders if not (Path(folder_text) / f"{f.name}.csv").exists()]
-        if missing:
-            raise SystemExit(f"--folder {spec!r}: no {', '.join(missing[:3])} ... (.csv) in {folder_text}")
+        check_stored(f"--folder {spec!r}", Path(folder_text), folders, suffix=".csv")
         stores[name] = {f.name: Path(folder_text) for f in folders}
         csv_names.add(name)
     n_folds = len(set(fold_of.values()))

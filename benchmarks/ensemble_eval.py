@@ -39,10 +39,11 @@ def store_folder(root: Path, card: dict, views: tuple[str, ...], tta: bool = Fal
 STORE = Path("/tmp/mambadose-ensemble")
 
 
-def check_stored(name: str, store: Path, folders: list[Path]) -> None:
+def check_stored(name: str, store: Path, folders: list[Path], suffix: str = ".npy") -> None:
     """Exit naming the model and the first patients when ``store`` lacks a prediction of one of
-    ``folders`` (run ensemble_eval.py on the model first)."""
-    missing = [f.name for f in folders if not (store / f"{f.name}.npy").exists()]
+    ``folders`` (run ensemble_eval.py on the model first); ``suffix`` ".csv" for a folder of
+    submission files."""
+    missing = [f.name for f in folders if not (store / f"{f.name}{suffix}").exists()]
     if missing:
         raise SystemExit(f"{name}: no stored prediction for {', '.join(missing[:3])} ... in {store}")
 
