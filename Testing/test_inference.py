@@ -444,3 +444,95 @@ def test_predict_patient_tta_swaps_as_the_network_was_trained(monkeypatch, swap,
     card = _card_with_augment({"flip_lr_p": 0.5, "swap_lr_channels": swap})
     inference.predict_patient(None, card, patient, tta=True)
     assert [tuple(p) for p in seen["swap_channels"]] == expected and seen["tta"] is True
+
+
+def test_ensemble_tta_swaps_per_member_as_each_was_trained():
+    """An ensemble whose members were mirrored in training with and without the Left/Right swap
+    (member_swaps) predicts, under flip TTA, the mean of what each member predicts alone with its
+    own swap; with every member swapping it equals the plain call; member_swaps of the wrong
+    length are refused."""
+    from MambaDoseLib.model import MambaUNetConfig, MambaUNetV2Ensemble
+
+    torch.manual_seed(6)
+    flat = MambaUNetConfig(in_channels=3, channels=(8, 16, 16, 32), d_state=8, headdim=8, chunk_size=16)
+    deep = MambaUNetConfig(**{**flat.to_dict(), "slab": 8, "conv_dims": 3})
+    ensemble = MambaUNetV2Ensemble([flat, flat, deep]).eval()
+    f = np.random.default_rng(2).standard_normal((3, 16, 16, 8)).astype(np.float32)
+    shift = lambda x: x + 10.0  # noqa: E731 (linear and positive: no clipping)
+    kwargs = dict(device="cpu", denormalise=shift, tta=True)
+    swaps = [True, False, True]
+    got = inference.predict_volume(ensemble, f, swap_channels=[(1, 2)], member_swaps=swaps, **kwargs)
+    alone = [
+        inference.predict_volume(m, f, swap_channels=[(1, 2)] if s else (), **kwargs)
+        for m, s in zip(ensemble.members, swaps, strict=True)
+    ]
+    np.testing.assert_allclose(got, sum(alone) / 3, rtol=1e-5, atol=1e-5)
+    unswapped = inference.predict_volume(ensemble.members[1], f, swap_channels=[(1, 2)], **kwargs)
+    assert np.abs(unswapped - alone[1]).max() > 1e-4  # the swap matters for this member
+    plain = inference.predict_volume(ensemble, f, swap_channels=[(1, 2)], **kwargs)
+    every = inference.predict_volume(ensemble, f, swap_channels=[(1, 2)], member_swaps=[True] * 3, **kwargs)
+    np.testing.assert_allclose(every, plain, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="2 member keys for an ensemble of 3"):
+        inference.predict_volume(ensemble, f, member_swaps=[True, False], **kwargs)
+    with pytest.raises(ValueError, match="member keys for a single network"):
+        inference.predict_volume(ensemble.members[0], f, member_swaps=[True, False], **kwargs)
+
+
+def test_member_groups_split_by_slab_and_key_in_order():
+    from MambaDoseLib.model import MambaUNetConfig, MambaUNetV2Ensemble
+
+    flat = MambaUNetConfig(in_channels=3, channels=(8, 16, 16, 32), d_state=8, headdim=8, chunk_size=16)
+    deep = MambaUNetConfig(**{**flat.to_dict(), "slab": 4})
+    ensemble = MambaUNetV2Ensemble([flat, deep, flat, flat])
+    assert [(n, k) for _, n, k in ensemble.member_groups([True, True, False, True])] == [
+        (2, True),
+        (1, True),
+        (1, False),
+    ]
+    assert [n for _, n in ensemble.slab_groups()] == [3, 1]
+    same = MambaUNetV2Ensemble([flat, flat])
+    assert same.member_groups([False, False]) == [(same, 2, False)]  # one group: the whole ensemble
+
+
+def _ensemble_card(swaps: list[bool] | None, size: int = 3) -> dict:
+    card = {"channels": ["ct", "mask_RightParotid", "mask_LeftParotid"], "ensemble_size": size}
+    if swaps is not None:
+        card["training"] = {
+            "members": [{"config": {"augment": {"flip_lr_p": 0.5, "swap_lr_channels": s}}} for s in swaps]
+        }
+    return card
+
+
+def test_card_member_tta_swaps_reads_each_member():
+    assert inference.card_member_tta_swaps(
+        _card_with_augment({"flip_lr_p": 0.5, "swap_lr_channels": False})
+    ) == [False]
+    assert inference.card_member_tta_swaps(_ensemble_card([True, False, True])) == [True, False, True]
+    assert inference.card_member_tta_swaps(_ensemble_card(None)) == [True] * 3  # shipped cards: swap
+    assert inference.card_member_tta_swaps(_ensemble_card([False, False], size=3)) == [True] * 3
+
+
+@pytest.mark.parametrize(
+    ("swaps", "pairs", "member_swaps"),
+    [
+        ([True, False, True], [(1, 2)], [True, False, True]),
+        ([False] * 3, [], None),
+        ([True] * 3, [(1, 2)], None),
+    ],
+)
+def test_predict_patient_passes_each_members_swap(monkeypatch, swaps, pairs, member_swaps):
+    from MambaDoseLib import features
+    from MambaDoseLib.phantom import make_phantom
+
+    patient = make_phantom(shape=(32, 32, 16), seed=3)
+    seen = {}
+
+    def fake_predict_volume(model, feats, **kwargs):
+        seen.update(kwargs)
+        return np.zeros(feats.shape[1:], np.float32)
+
+    monkeypatch.setattr(features, "build_features", lambda p, ch: np.zeros((len(ch), *p.shape), np.float32))
+    monkeypatch.setattr(inference, "predict_volume", fake_predict_volume)
+    inference.predict_patient(None, _ensemble_card(swaps), patient, tta=True)
+    assert [tuple(p) for p in seen["swap_channels"]] == pairs
+    assert seen.get("member_swaps") == member_swaps

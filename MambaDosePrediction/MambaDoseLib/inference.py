@@ -21,7 +21,9 @@ identity, ``(1,)`` the left-right flip (axis 1), ``(0,)`` the anterior-posterior
 The default is ``((), (1,))``: head-and-neck anatomy is roughly left-right symmetric but not
 anterior-posterior symmetric. Pass :data:`FOUR_FLIPS` for all four in-plane flips. Under a flip
 of axis 1, the channel pairs in ``swap_channels`` (e.g. right and left parotid masks) are exchanged
-so the flipped input still describes a plausible patient (see :func:`lr_swap_pairs`).
+so the flipped input still describes a plausible patient (see :func:`lr_swap_pairs`); an
+ensemble can say per member whether its mirror swaps them (``member_swaps``: members trained
+without the swap, :func:`card_member_tta_swaps`), and its members are then run in groups.
 
 Slab models (``MambaUNetConfig.slab`` = k > 1, axial view only) take k consecutive slices at a
 time: the range of slices wanted is covered by windows of k consecutive slices at stride
@@ -198,8 +200,22 @@ def slab_groups(model: torch.nn.Module) -> list[tuple[torch.nn.Module, int]]:
     """(module, members) per slab the model's networks take: an ensemble whose members take
     different slabs gives one group per slab (``MambaUNetV2Ensemble.slab_groups``), any other
     model ``[(model, 1)]``."""
-    groups = getattr(model, "slab_groups", None)
-    return groups() if callable(groups) else [(model, 1)]
+    return [(module, size) for module, size, _ in member_groups(model)]
+
+
+def member_groups(
+    model: torch.nn.Module, keys: Sequence[Any] | None = None
+) -> list[tuple[torch.nn.Module, int, Any]]:
+    """(module, members, key) per group of networks that take one slab and share a key (``keys``:
+    one per network, e.g. whether its flip TTA swaps the Left/Right channels; None: one key):
+    ``MambaUNetV2Ensemble.member_groups`` for an ensemble, ``[(model, 1, key)]`` for any other
+    model. ValueError when ``keys`` does not hold one key per network."""
+    groups = getattr(model, "member_groups", None)
+    if callable(groups):
+        return groups(keys)
+    if keys is not None and len(keys) != 1:
+        raise ValueError(f"{len(keys)} member keys for a single network")
+    return [(model, 1, keys[0] if keys is not None else None)]
 
 
 def check_slab_views(model: torch.nn.Module, views: Sequence[str]) -> None:
@@ -276,6 +292,7 @@ def predict_volume(
     tta: bool = False,
     tta_flips: Sequence[tuple[int, ...]] = LR_FLIPS,
     swap_channels: Sequence[tuple[int, int]] = (),
+    member_swaps: Sequence[bool] | None = None,
     autocast: bool = True,
     denormalise: Callable[[np.ndarray], np.ndarray] | None = None,
     within: np.ndarray | None = None,
@@ -287,7 +304,9 @@ def predict_volume(
     model: maps (B, C, H, W) -> (B, 1, H, W) normalised dose; it is put in eval mode and moved to
     ``device`` (default: where its parameters are). features: float32 (C, I, J, K).
     views: slice orientations (module docstring); the model card's ``"views"`` are the ones it
-    was trained on. tta: average over ``tta_flips`` (module docstring). autocast: bf16 autocast
+    was trained on. tta: average over ``tta_flips`` (module docstring); a left-right flip
+    exchanges the channel pairs ``swap_channels``, for an ensemble only in the members whose
+    ``member_swaps`` entry is True (one per member; None: in every member). autocast: bf16 autocast
     on CUDA (ignored on CPU). denormalise: normalised -> Gy (default
     ``features.denormalise_dose``). within: an optional (I, J, K) mask (the possible-dose mask):
     the dose is 0 outside it, and a slice of any view with no voxel of it is not computed (a 2D
@@ -310,9 +329,13 @@ def predict_volume(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     views = check_views(views)
     check_slab_views(model, views)
-    groups = [(module, model_slab(module), size) for module, size in slab_groups(model)]
+    swap_keys = None if member_swaps is None else [bool(s) for s in member_swaps]
+    groups = [
+        (module, model_slab(module), size, swap_channels if key in (None, True) else ())
+        for module, size, key in member_groups(model, swap_keys)
+    ]
     if len(groups) == 1:  # one model, or one forward pass averaging the members: weight 1
-        groups = [(groups[0][0], groups[0][1], 1)]
+        groups = [(groups[0][0], groups[0][1], 1, groups[0][3])]
     flips = _check_flips(tta_flips) if tta else ((),)
     if denormalise is None:
         from .features import denormalise_dose as denormalise
@@ -341,7 +364,7 @@ def predict_volume(
             return len(index)
         return slab * len(slab_windows(index, features.shape[1 + VIEWS[view]], slab))
 
-    total_slices = len(flips) * sum(computed(v, slab) for v in views for _, slab, _ in groups)
+    total_slices = len(flips) * sum(computed(v, slab) for v in views for _, slab, _, _ in groups)
     done = 0
 
     def run(module: torch.nn.Module, slices: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -365,9 +388,9 @@ def predict_volume(
 
     total = np.zeros(features.shape[1:], np.float32)  # (I, J, K), normalised, weighted by members
     with torch.inference_mode():
-        for module, slab, members in groups:
+        for module, slab, members, swaps in groups:
             for flip in flips:
-                volume = _flipped(features, flip, swap_channels)
+                volume = _flipped(features, flip, swaps)
                 for view in views:
                     slices = to_slices(volume, view)  # (N, C, H, W), a view of the array
                     n, _, h, w = slices.shape
@@ -383,7 +406,7 @@ def predict_volume(
                     if members != 1:
                         pred = pred * np.float32(members)
                     total += np.flip(pred, axis=list(flip)) if flip else pred
-    mean = total / np.float32(len(flips) * len(views) * sum(members for _, _, members in groups))
+    mean = total / np.float32(len(flips) * len(views) * sum(members for _, _, members, _ in groups))
     dose = np.maximum(np.asarray(denormalise(mean), np.float32), 0.0)
     if within is not None:
         dose[~within] = 0.0
@@ -404,7 +427,8 @@ def predict_patient(
     comes back to the patient's grid (``spacing.resample_dose_back`` within the resampled
     possible-dose mask, where the model was trained). kwargs go to
     :func:`predict_volume`; ``swap_channels`` defaults to the card's right/left channel pairs (none
-    for a network trained to mirror without swapping them, :func:`card_tta_swaps_lr`) and,
+    for a network trained to mirror without swapping them, :func:`card_tta_swaps_lr`; for an
+    ensemble of both kinds, ``member_swaps`` says which members swap, :func:`card_member_tta_swaps`) and,
     when the patient is not resampled, ``within`` to its possible-dose mask (slices without it are
     not computed).
     Returns float32 (I, J, K) on the patient's grid.
@@ -418,7 +442,10 @@ def predict_patient(
     if spacing_mm is not None:
         model_patient, inplane = resample_patient_inplane(patient, spacing_mm)
     features = build_features(model_patient, channels)
-    kwargs.setdefault("swap_channels", lr_swap_pairs(channels) if card_tta_swaps_lr(card) else ())
+    swaps = card_member_tta_swaps(card)
+    kwargs.setdefault("swap_channels", lr_swap_pairs(channels) if any(swaps) else ())
+    if len(set(swaps)) > 1:  # an ensemble of networks mirrored with and without the swap
+        kwargs.setdefault("member_swaps", swaps)
     kwargs.setdefault("views", card_views(card))
     resampled = inplane is not None and not inplane.is_identity
     if not resampled:
@@ -445,6 +472,20 @@ def card_tta_swaps_lr(card: Mapping[str, Any]) -> bool:
     """
     augment = ((card.get("training") or {}).get("config") or {}).get("augment") or {}
     return bool(augment.get("swap_lr_channels", True)) or not augment.get("flip_lr_p", 0.5)
+
+
+def card_member_tta_swaps(card: Mapping[str, Any]) -> list[bool]:
+    """:func:`card_tta_swaps_lr` per network: for an ensemble card (``"ensemble_size"``), one entry
+    per member, read from its ``training.members[i].config.augment`` (all True when the card does
+    not list one summary per member, as for every ensemble shipped so far); for any other card,
+    ``[card_tta_swaps_lr(card)]``."""
+    size = card.get("ensemble_size")
+    if not size:
+        return [card_tta_swaps_lr(card)]
+    members = (card.get("training") or {}).get("members")
+    if not isinstance(members, list) or len(members) != size:
+        return [True] * int(size)
+    return [card_tta_swaps_lr({"training": m if isinstance(m, Mapping) else {}}) for m in members]
 
 
 def card_views(card: Mapping[str, Any]) -> tuple[str, ...]:

@@ -30,6 +30,7 @@ code for both.
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 
 import torch
@@ -462,12 +463,23 @@ class MambaUNetV2Ensemble(nn.Module):
     def slab_groups(self) -> list[tuple[nn.Module, int]]:
         """The members grouped by slab, in order of first appearance: (a module whose output is
         the group's mean, the group's size). One group: ``[(self, len(members))]``."""
-        slabs: dict[int, list[MambaUNetV2]] = {}
-        for member in self.members:
-            slabs.setdefault(member.config.slab, []).append(member)
-        if len(slabs) == 1:
-            return [(self, len(self.members))]
-        return [(_MemberMean(group), len(group)) for group in slabs.values()]
+        return [(module, size) for module, size, _ in self.member_groups()]
+
+    def member_groups(self, keys: Sequence[Hashable] | None = None) -> list[tuple[nn.Module, int, Hashable]]:
+        """The members grouped by slab and by ``keys`` (one per member, e.g. whether its flip TTA
+        swaps the Left/Right channels; None: one key for all), in order of first appearance:
+        (a module whose output is the group's mean, the group's size, its key). One group:
+        ``[(self, len(members), key)]``."""
+        if keys is None:
+            keys = [None] * len(self.members)
+        if len(keys) != len(self.members):
+            raise ValueError(f"{len(keys)} member keys for an ensemble of {len(self.members)}")
+        groups: dict[tuple[int, Hashable], list[MambaUNetV2]] = {}
+        for member, key in zip(self.members, keys, strict=True):
+            groups.setdefault((member.config.slab, key), []).append(member)
+        if len(groups) == 1:
+            return [(self, len(self.members), keys[0])]
+        return [(_MemberMean(group), len(group), key) for (_, key), group in groups.items()]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Mean of the members' outputs, float32."""

@@ -19,6 +19,8 @@
 # `NO_SCORE=1 bash benchmarks/gpu/session4_collect.sh WAIT_S`.
 # Needs /tmp/cache/{train,val}, `source benchmarks/gpu/setup.sh`, run from a copy that stays put.
 # RUNS (default "n5 n1+n2 c1+c2"): the chains to start, names joined by "+" run one after the other.
+# Session 16: "c5 u5 c6", then "u6 c7 u7" (seeds 1403-1405), to decide whether --no-lr-swap
+# should be the default on five seeds of each.
 # Session 14's machine went back twice before the runs came home; its last device minutes ran
 # "n1 c1" with EPOCHS_2D = 14. Session 15 (one H200): "n3 c3 u3", then "n4 c4 u4", with EPOCHS_2D = 24.
 #   bash benchmarks/gpu/session14_laterality_runs.sh TIME_LIMIT_S EPOCHS_3D EPOCHS_2D ["RUNS"]
@@ -34,6 +36,9 @@ declare -A recipe=([n5]="n5 1305 $d3 $nf --dvh-loss 2" [n1]="n1 1301 $d2 $nf" [n
   [c1]="c1 1321 $d2" [c2]="c2 1322 $d2" [n3]="n3 1401 $d2 $nf" [c3]="c3 1401 $d2"
   [u3]="u3 1401 $d2 --no-lr-swap" [n4]="n4 1402 $d2 $nf" [c4]="c4 1402 $d2"
   [u4]="u4 1402 $d2 --no-lr-swap")
+for k in 5 6 7; do  # session 16: three more seeds of the swap against no swap
+  recipe[c$k]="c$k $((1398 + k)) $d2"; recipe[u$k]="u$k $((1398 + k)) $d2 --no-lr-swap"
+done
 for want in $runs_wanted; do
   specs=(); IFS=+ read -ra names <<< "$want"
   for n in "${names[@]}"; do specs+=("${recipe[$n]}"); done
