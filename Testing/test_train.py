@@ -1001,3 +1001,19 @@ def test_slab_training_takes_the_dvh_term_over_each_slab(phantoms, tmp_path, mon
     result = run_training(cfg, train, val)
     assert calls and all(group == 8 and rows % 8 == 0 for rows, group in calls)
     assert math.isfinite(result["history"][-1]["train_loss"])
+
+
+def test_lr_swap_is_off_by_default_and_both_spellings_work():
+    """Since session 16 a mirrored training patient keeps its structure names unless --lr-swap
+    asks for the swap; --no-lr-swap (the spelling of sessions 14-15's scripts) still parses."""
+    import argparse
+
+    from MambaDoseTrainingLib.commands.train import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    base = ["--train-cache", "t", "--val-cache", "v", "--out", "o"]
+    assert TrainConfig.from_args(parser.parse_args(base)).augment.swap_lr_channels is False
+    assert TrainConfig.from_args(parser.parse_args([*base, "--lr-swap"])).augment.swap_lr_channels is True
+    assert TrainConfig.from_args(parser.parse_args([*base, "--no-lr-swap"])).augment.swap_lr_channels is False
+    assert TrainConfig.from_args(parser.parse_args([*base, "--no-augment"])).augment.flip_lr_p == 0.0

@@ -192,7 +192,7 @@ class TrainConfig:
             else AugmentConfig(
                 flip_lr_p=args.flip_lr_p,
                 flip_ap_p=args.flip_ap_p,
-                swap_lr_channels=not args.no_lr_swap,
+                swap_lr_channels=args.lr_swap,
                 rotate_p=args.rotate_p,
                 rotate_deg=args.rotate_deg,
                 scale_p=args.scale_p,

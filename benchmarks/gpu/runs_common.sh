@@ -6,11 +6,13 @@
 # default of sessions 1-5 (one since session 6), unless the extra arguments say otherwise.
 #   [CHANNELS_LAST_ARG=] source benchmarks/gpu/runs_common.sh TIME_LIMIT_S EPOCHS [EXTRA_COMMON_ARGS...]
 # (CHANNELS_LAST_ARG set to empty drops --channels-last, a 2D layout: session 8's 3D runs.)
+# --lr-swap: the Left/Right swap every run of sessions 1-16 trained with except the u runs (their
+# --no-lr-swap comes later and wins); the default of `mambadose train` since session 16 is no swap.
 set -u
 limit=$1; epochs=$2; shift 2
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=6
 runs=/tmp/runs; mkdir -p $runs
-common="--train-cache /tmp/cache/train --val-cache /tmp/cache/val --feature-cache /tmp/feat --lr 3e-4 --batch-size 32 ${CHANNELS_LAST_ARG---channels-last} --no-progress --resume --ema 0.999 --warmup-epochs 2 --epochs $epochs --time-limit $limit --workers 8 --scan-directions 2 $*"
+common="--train-cache /tmp/cache/train --val-cache /tmp/cache/val --feature-cache /tmp/feat --lr 3e-4 --batch-size 32 ${CHANNELS_LAST_ARG---channels-last} --no-progress --resume --lr-swap --ema 0.999 --warmup-epochs 2 --epochs $epochs --time-limit $limit --workers 8 --scan-directions 2 $*"
 start() {  # GPU NAME SEED BETA [EXTRA...]
   local gpu=$1 name=$2 seed=$3 beta=$4; shift 4
   CUDA_VISIBLE_DEVICES=$gpu setsid nohup python3 -m MambaDoseLib.cli train $common --seed $seed \

@@ -166,9 +166,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     aug.add_argument("--flip-lr-p", type=float, default=0.5)
     aug.add_argument("--flip-ap-p", type=float, default=0.0)
     aug.add_argument(
-        "--no-lr-swap",
-        action="store_true",
-        help="do not swap Left/Right structure channels on a left-right flip",
+        "--lr-swap",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="swap the Left/Right structure channels on a left-right flip (default: off since "
+        "session 16: a mirrored patient keeps its names, so the plans' name-tied left-right "
+        "differences, e.g. the left parotid's stronger sparing, can be learnt; five seeds "
+        "each, DVH score 0.08 Gy better without the swap, dose score equal; README 'Session 16')",
     )
     aug.add_argument("--rotate-p", type=float, default=0.3)
     aug.add_argument("--rotate-deg", type=float, default=10.0)
