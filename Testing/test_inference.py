@@ -427,12 +427,12 @@ def test_card_tta_swaps_lr_follows_the_training_mirror():
     assert inference.card_tta_swaps_lr(_card_with_augment({"flip_lr_p": 0.0, "swap_lr_channels": False}))
 
 
-@pytest.mark.parametrize(("swap", "expected"), [(True, [(1, 2)]), (False, [])])
-def test_predict_patient_tta_swaps_as_the_network_was_trained(monkeypatch, swap, expected):
+def _predict_patient_kwargs(monkeypatch, card: dict) -> dict:
+    """The keyword arguments predict_patient(tta=True) gives predict_volume for ``card`` (features
+    and prediction faked)."""
     from MambaDoseLib import features
     from MambaDoseLib.phantom import make_phantom
 
-    patient = make_phantom(shape=(32, 32, 16), seed=3)
     seen = {}
 
     def fake_predict_volume(model, feats, **kwargs):
@@ -441,8 +441,14 @@ def test_predict_patient_tta_swaps_as_the_network_was_trained(monkeypatch, swap,
 
     monkeypatch.setattr(features, "build_features", lambda p, ch: np.zeros((len(ch), *p.shape), np.float32))
     monkeypatch.setattr(inference, "predict_volume", fake_predict_volume)
+    inference.predict_patient(None, card, make_phantom(shape=(32, 32, 16), seed=3), tta=True)
+    return seen
+
+
+@pytest.mark.parametrize(("swap", "expected"), [(True, [(1, 2)]), (False, [])])
+def test_predict_patient_tta_swaps_as_the_network_was_trained(monkeypatch, swap, expected):
     card = _card_with_augment({"flip_lr_p": 0.5, "swap_lr_channels": swap})
-    inference.predict_patient(None, card, patient, tta=True)
+    seen = _predict_patient_kwargs(monkeypatch, card)
     assert [tuple(p) for p in seen["swap_channels"]] == expected and seen["tta"] is True
 
 
@@ -521,18 +527,6 @@ def test_card_member_tta_swaps_reads_each_member():
     ],
 )
 def test_predict_patient_passes_each_members_swap(monkeypatch, swaps, pairs, member_swaps):
-    from MambaDoseLib import features
-    from MambaDoseLib.phantom import make_phantom
-
-    patient = make_phantom(shape=(32, 32, 16), seed=3)
-    seen = {}
-
-    def fake_predict_volume(model, feats, **kwargs):
-        seen.update(kwargs)
-        return np.zeros(feats.shape[1:], np.float32)
-
-    monkeypatch.setattr(features, "build_features", lambda p, ch: np.zeros((len(ch), *p.shape), np.float32))
-    monkeypatch.setattr(inference, "predict_volume", fake_predict_volume)
-    inference.predict_patient(None, _ensemble_card(swaps), patient, tta=True)
+    seen = _predict_patient_kwargs(monkeypatch, _ensemble_card(swaps))
     assert [tuple(p) for p in seen["swap_channels"]] == pairs
     assert seen.get("member_swaps") == member_swaps
