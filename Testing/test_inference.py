@@ -495,7 +495,7 @@ def test_member_groups_split_by_slab_and_key_in_order():
         (1, True),
         (1, False),
     ]
-    assert [n for _, n in ensemble.slab_groups()] == [3, 1]
+    assert [n for _, n, _ in ensemble.member_groups()] == [3, 1]  # by slab alone
     same = MambaUNetV2Ensemble([flat, flat])
     assert same.member_groups([False, False]) == [(same, 2, False)]  # one group: the whole ensemble
 

@@ -196,13 +196,6 @@ def model_slab(model: torch.nn.Module) -> int:
     return max(slabs)
 
 
-def slab_groups(model: torch.nn.Module) -> list[tuple[torch.nn.Module, int]]:
-    """(module, members) per slab the model's networks take: an ensemble whose members take
-    different slabs gives one group per slab (``MambaUNetV2Ensemble.slab_groups``), any other
-    model ``[(model, 1)]``."""
-    return [(module, size) for module, size, _ in member_groups(model)]
-
-
 def member_groups(
     model: torch.nn.Module, keys: Sequence[Any] | None = None
 ) -> list[tuple[torch.nn.Module, int, Any]]:
@@ -320,7 +313,7 @@ def predict_volume(
     (InputError for other views) in windows of k consecutive slices (module docstring): the range
     from the first to the last wanted slice is computed, each slice as often as windows hold it
     (the count ``progress`` reports), ``batch_size // k`` windows (at least one) per batch. An
-    ensemble whose members take different slabs (:func:`slab_groups`) is predicted group by group,
+    ensemble whose members take different slabs (:func:`member_groups`) is predicted group by group,
     each group's mean weighted by its number of members, so the result is the mean over members.
     """
     if features.ndim != 4:

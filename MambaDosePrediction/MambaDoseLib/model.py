@@ -425,7 +425,7 @@ class MambaUNetV2Ensemble(nn.Module):
     Same interface as MambaUNetV2 ((B, C_in, H, W) -> (B, C_out, H, W); ``config`` is the first
     member's) as long as every member takes the same slab; members of different slabs take
     different batches, so ``forward`` refuses them and ``inference.predict_volume`` predicts each
-    group of one slab on its own (:meth:`slab_groups`) and weighs the groups' means by their sizes.
+    group of one slab on its own (:meth:`member_groups`) and weighs the groups' means by their sizes.
     state_dict keys are ``members.<i>.<MambaUNetV2 key>``. Averaging independently trained networks
     lowers the variance part of the error (README, "Training and results"); it costs one forward
     pass per member.
@@ -459,11 +459,6 @@ class MambaUNetV2Ensemble(nn.Module):
     def configs(self) -> list[MambaUNetConfig]:
         """Every member's config, in order."""
         return [m.config for m in self.members]
-
-    def slab_groups(self) -> list[tuple[nn.Module, int]]:
-        """The members grouped by slab, in order of first appearance: (a module whose output is
-        the group's mean, the group's size). One group: ``[(self, len(members))]``."""
-        return [(module, size) for module, size, _ in self.member_groups()]
 
     def member_groups(self, keys: Sequence[Hashable] | None = None) -> list[tuple[nn.Module, int, Hashable]]:
         """The members grouped by slab and by ``keys`` (one per member, e.g. whether its flip TTA

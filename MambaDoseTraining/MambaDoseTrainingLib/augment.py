@@ -51,7 +51,9 @@ class AugmentConfig:
 
     flip_lr_p: probability of the left-right mirror (tensor dim W, OpenKBP axis 1).
     flip_ap_p: probability of the anterior-posterior flip (tensor dim H, OpenKBP axis 0).
-    swap_lr_channels: swap paired Left/Right structure channels when mirroring left-right.
+    swap_lr_channels: swap paired Left/Right structure channels when mirroring left-right (True
+        here, as every config saved before the field existed was trained, so ``TrainConfig.from_dict``
+        reads them right; ``mambadose train`` sets it from ``--lr-swap``, off by default since session 16).
     rotate_p, rotate_deg: probability of a rotation, angle uniform in [-rotate_deg, rotate_deg].
     scale_p, scale_min, scale_max: probability of an isotropic scale, factor log-uniform in range.
     shift_p, shift_frac: probability of a shift, each component uniform in
