@@ -171,3 +171,31 @@ def test_groups_share_one_transform_and_group_one_is_unchanged():
     assert not all(torch.equal(per_sample[0], per_sample[j]) for j in range(1, k))
     with pytest.raises(ValueError, match="groups of 5"):
         augment_batch(xs, ys, ms, cfg, torch.Generator().manual_seed(0), names, group=5)
+
+
+def test_transpose_exchanges_the_axes_and_with_both_flips_is_a_quarter_turn():
+    x, y, m = _batch(b=2, c=3, h=16, w=16)
+    cfg = AugmentConfig(flip_lr_p=0, flip_ap_p=0, transpose_p=1.0, rotate_p=0, scale_p=0, shift_p=0)
+    xt, yt, mt = augment_batch(x, y, m, cfg, torch.Generator().manual_seed(0))
+    for a, b in zip((xt, yt, mt), (x, y, m), strict=True):
+        assert torch.equal(a, b.transpose(-1, -2))
+    # AP flip, then transposition: a quarter turn (torch.rot90 over the last two dims, k = -1)
+    turn = AugmentConfig(flip_lr_p=0, flip_ap_p=1.0, transpose_p=1.0, rotate_p=0, scale_p=0, shift_p=0)
+    xq = augment_batch(x, y, m, turn, torch.Generator().manual_seed(0))[0]
+    assert torch.equal(xq, torch.rot90(x, k=-1, dims=(-2, -1)))
+    with pytest.raises(ValueError, match="square slices"):
+        augment_batch(*_batch(h=16, w=24), cfg, torch.Generator().manual_seed(0))
+
+
+def test_transpose_off_keeps_the_random_stream():
+    """A config without the transposition draws exactly as before the field existed."""
+    x, y, m = _batch(b=6)
+    cfg = AugmentConfig(rotate_p=0.5, scale_p=0.5, shift_p=0.5)
+    g = torch.Generator().manual_seed(3)
+    augment_batch(x, y, m, cfg, g)
+    after = torch.rand(4, generator=g)
+    expected = torch.Generator().manual_seed(3)
+    for shape in [(6,)] * 7 + [(6, 2)]:  # 5 coins, angle, log-scale, then the 2-d shift
+        torch.rand(*shape, generator=expected)
+    assert torch.equal(after, torch.rand(4, generator=expected))
+

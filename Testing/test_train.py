@@ -1017,3 +1017,6 @@ def test_lr_swap_is_off_by_default_and_both_spellings_work():
     assert TrainConfig.from_args(parser.parse_args([*base, "--lr-swap"])).augment.swap_lr_channels is True
     assert TrainConfig.from_args(parser.parse_args([*base, "--no-lr-swap"])).augment.swap_lr_channels is False
     assert TrainConfig.from_args(parser.parse_args([*base, "--no-augment"])).augment.flip_lr_p == 0.0
+    assert TrainConfig.from_args(parser.parse_args(base)).augment.transpose_p == 0.0
+    both = TrainConfig.from_args(parser.parse_args([*base, "--flip-ap-p", "0.5", "--transpose-p", "0.5"]))
+    assert (both.augment.flip_ap_p, both.augment.transpose_p) == (0.5, 0.5)

@@ -9,7 +9,9 @@ transform, so the network always sees a consistent patient:
    on, the channels of paired left/right structures (``mask_LeftParotid`` <->
    ``mask_RightParotid`` and their PSDMs) are swapped as well, so that the structure called
    "Right" stays on the patient's right after the mirror. The anterior-posterior flip is off by
-   default (a patient lying face down is not in the data). Coronal slices keep the right-left
+   default (a patient lying face down is not in the data). The transposition (``transpose_p``,
+   off by default; square slices only) exchanges the two in-plane axes, a quarter turn and a
+   mirror: with both flips it draws from all eight symmetries of the square. Coronal slices keep the right-left
    axis as their columns (``inference.VIEW_PLANE``), so they mirror the same way; a sagittal
    slice has no right-left axis in its plane: the mirrored patient's slice at the mirrored
    position is the same image with the Left/Right channels swapped, so for those samples
@@ -51,6 +53,8 @@ class AugmentConfig:
 
     flip_lr_p: probability of the left-right mirror (tensor dim W, OpenKBP axis 1).
     flip_ap_p: probability of the anterior-posterior flip (tensor dim H, OpenKBP axis 0).
+    transpose_p: probability of exchanging the in-plane axes H and W (after the flips; square
+        slices only). Drawn only when above 0, so a config without it keeps its random stream.
     swap_lr_channels: swap paired Left/Right structure channels when mirroring left-right (True
         here, as every config saved before the field existed was trained, so ``TrainConfig.from_dict``
         reads them right; ``mambadose train`` sets it from ``--lr-swap``, off by default since session 16).
@@ -62,6 +66,7 @@ class AugmentConfig:
 
     flip_lr_p: float = 0.5
     flip_ap_p: float = 0.0
+    transpose_p: float = 0.0
     swap_lr_channels: bool = True
     rotate_p: float = 0.3
     rotate_deg: float = 10.0
@@ -182,10 +187,14 @@ def augment_batch(
     scale = torch.where(scale_on, torch.exp(log_s), 1.0)
     shift = torch.rand(n, 2, generator=generator) * 2.0 - 1.0
     shift = torch.where(shift_on[:, None], shift * config.shift_frac * torch.tensor([w, h]), 0.0)
+    # drawn last and only when on, so that configs without it keep their streams
+    transpose = _coin(n, config.transpose_p, generator) if config.transpose_p > 0 else torch.zeros(n, dtype=torch.bool)
+    if transpose.any() and h != w:
+        raise ValueError(f"augment_batch: transposing needs square slices, got {h} x {w}")
     if group > 1:  # one draw per group, repeated for its samples
-        flip_lr, flip_ap, rotate, scale_on, shift_on, angle, scale, shift = (
+        flip_lr, flip_ap, transpose, rotate, scale_on, shift_on, angle, scale, shift = (
             t.repeat_interleave(group, dim=0)
-            for t in (flip_lr, flip_ap, rotate, scale_on, shift_on, angle, scale, shift)
+            for t in (flip_lr, flip_ap, transpose, rotate, scale_on, shift_on, angle, scale, shift)
         )
 
     perm = lr_swap_permutation(channels) if (channels and config.swap_lr_channels) else None
@@ -201,6 +210,7 @@ def augment_batch(
     stack = _replace_rows(stack, torch.nonzero(flip_lr & in_plane).squeeze(1), mirror)
     stack = _replace_rows(stack, torch.nonzero(flip_lr & ~in_plane).squeeze(1), swap_only)
     stack = _replace_rows(stack, torch.nonzero(flip_ap).squeeze(1), lambda x: x.flip(-2))
+    stack = _replace_rows(stack, torch.nonzero(transpose).squeeze(1), lambda x: x.transpose(-1, -2))
 
     chosen = torch.nonzero(rotate | scale_on | shift_on).squeeze(1)
     if chosen.numel() > 0:

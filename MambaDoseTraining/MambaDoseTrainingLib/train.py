@@ -192,6 +192,7 @@ class TrainConfig:
             else AugmentConfig(
                 flip_lr_p=args.flip_lr_p,
                 flip_ap_p=args.flip_ap_p,
+                transpose_p=args.transpose_p,
                 swap_lr_channels=args.lr_swap,
                 rotate_p=args.rotate_p,
                 rotate_deg=args.rotate_deg,

@@ -164,7 +164,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     aug = parser.add_argument_group("augmentation")
     aug.add_argument("--no-augment", action="store_true", help="no flips, no affine transforms")
     aug.add_argument("--flip-lr-p", type=float, default=0.5)
-    aug.add_argument("--flip-ap-p", type=float, default=0.0)
+    aug.add_argument(
+        "--flip-ap-p",
+        type=float,
+        default=0.0,
+        help="probability of the anterior-posterior flip (default 0: a patient lying face down is not in the data)",
+    )
+    aug.add_argument(
+        "--transpose-p",
+        type=float,
+        default=0.0,
+        help="probability of exchanging the two in-plane axes (a quarter turn and a mirror; with both "
+        "flips at 0.5, all eight symmetries of the square; default 0)",
+    )
     aug.add_argument(
         "--lr-swap",
         action=argparse.BooleanOptionalAction,
