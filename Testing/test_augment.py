@@ -198,4 +198,3 @@ def test_transpose_off_keeps_the_random_stream():
     for shape in [(6,)] * 7 + [(6, 2)]:  # 5 coins, angle, log-scale, then the 2-d shift
         torch.rand(*shape, generator=expected)
     assert torch.equal(after, torch.rand(4, generator=expected))
-

@@ -211,3 +211,41 @@ def test_folder_of_submission_csvs_is_read_as_a_model(setup):
     assert missing.returncode != 0 and "--folder" in missing.stderr and "pt_2" in missing.stderr
     twice = _run(root, split, store, "--model", f"f={files['b']}", "--folder", f"f={root}", "--combo", "c=f")
     assert twice.returncode != 0 and "the name f is given twice" in twice.stderr
+
+
+def test_four_flip_and_mirror_only_tta_are_stored_apart(setup, tmp_path):
+    """A network trained with the anterior-posterior flip is predicted with four flips under TTA
+    (its card says so) and can be predicted with the mirror alone for comparison: the two are kept
+    apart in the store, and --model-tta / --model-tta-lr read one each. For other networks the
+    store key is what it always was, so earlier stored predictions are found."""
+    from MambaDoseLib import inference
+
+    root, split, files, store = setup
+    plain = json.loads(files["b"].with_suffix(".json").read_text())
+    assert store_folder(store, plain, ("axial",), tta=True) == store_folder(
+        store, plain, ("axial",), tta=True, flips=inference.LR_FLIPS
+    )
+    cfg = MambaUNetConfig(in_channels=3, channels=(8, 16, 16, 32), d_state=8, headdim=8, chunk_size=16)
+    ap_file = tmp_path / "ap.safetensors"
+    augment = {"flip_lr_p": 0.5, "flip_ap_p": 0.5, "swap_lr_channels": False}
+    save_model(
+        ap_file,
+        MambaUNetV2(cfg).eval(),
+        {"channels": ["ct", "ptv_map", "possible_dose_mask"], "training": {"config": {"augment": augment}}},
+    )
+    card = json.loads(ap_file.with_suffix(".json").read_text())
+    four = store_folder(store, card, ("axial",), tta=True)
+    mirror = store_folder(store, card, ("axial",), tta=True, flips=inference.LR_FLIPS)
+    assert four != mirror
+    for folder, offset in ((four, 1.0), (mirror, 5.0)):
+        folder.mkdir(parents=True, exist_ok=True)
+        for pid in ("pt_1", "pt_2"):
+            patient = openkbp.read_patient(split / pid)
+            np.save(folder / f"{pid}.npy", patient.dose_gy + offset * patient.possible_dose_mask)
+    result = _run(
+        root, split, store, "--model-tta", f"f={ap_file}", "--model-tta-lr", f"m={ap_file}",
+        "--combo", "four=f", "--combo", "mirror=m",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = {ln[:40].strip(): float(ln[40:].split()[0]) for ln in result.stdout.splitlines()[2:]}
+    assert rows == pytest.approx({"four": 1.0, "mirror": 5.0}, abs=1e-4)

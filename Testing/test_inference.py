@@ -530,3 +530,55 @@ def test_predict_patient_passes_each_members_swap(monkeypatch, swaps, pairs, mem
     seen = _predict_patient_kwargs(monkeypatch, _ensemble_card(swaps))
     assert [tuple(p) for p in seen["swap_channels"]] == pairs
     assert seen.get("member_swaps") == member_swaps
+
+
+def test_card_tta_flips_add_the_ap_flip_only_for_networks_trained_with_it():
+    lr = {"flip_lr_p": 0.5, "swap_lr_channels": False}
+    assert inference.card_tta_flips(_card_with_augment(None)) == inference.LR_FLIPS
+    assert inference.card_tta_flips(_card_with_augment(lr)) == inference.LR_FLIPS
+    assert inference.card_tta_flips(_card_with_augment({**lr, "flip_ap_p": 0.5})) == inference.FOUR_FLIPS
+    both = _ensemble_card([False, False], size=2)
+    assert inference.card_tta_flips(both) == inference.LR_FLIPS
+    for member in both["training"]["members"][:1]:
+        member["config"]["augment"]["flip_ap_p"] = 0.5
+    assert inference.card_tta_flips(both) == inference.LR_FLIPS  # one member never saw it
+    for member in both["training"]["members"]:
+        member["config"]["augment"]["flip_ap_p"] = 0.5
+    assert inference.card_tta_flips(both) == inference.FOUR_FLIPS
+    assert inference.card_tta_flips(_ensemble_card(None)) == inference.LR_FLIPS  # shipped cards
+
+
+@pytest.mark.parametrize(("ap", "flips"), [(0.0, ((), (1,))), (0.5, ((), (0,), (1,), (0, 1)))])
+def test_predict_patient_tta_uses_the_flips_the_network_was_trained_with(monkeypatch, ap, flips):
+    card = _card_with_augment({"flip_lr_p": 0.5, "flip_ap_p": ap, "swap_lr_channels": False})
+    assert tuple(_predict_patient_kwargs(monkeypatch, card)["tta_flips"]) == flips
+
+
+def test_four_flip_tta_is_the_mean_over_the_four_flipped_inputs():
+    """FOUR_FLIPS averages the model's output over the identity and the three flips, each flipped
+    back: for a model that only looks at its own voxel (a 1x1 convolution), every pass gives the
+    same dose, so the TTA equals the plain prediction; for a UNet, the mean of the four passes."""
+    torch.manual_seed(1)
+    f = np.random.default_rng(4).standard_normal((3, 16, 16, 4)).astype(np.float32)
+    pointwise = torch.nn.Conv2d(3, 1, 1)
+    kwargs = dict(device="cpu", denormalise=lambda x: x + 10.0)
+    plain = inference.predict_volume(pointwise, f, **kwargs)
+    four = inference.predict_volume(pointwise, f, tta=True, tta_flips=inference.FOUR_FLIPS, **kwargs)
+    np.testing.assert_allclose(four, plain, rtol=1e-5, atol=1e-5)
+    from MambaDoseLib.model import MambaUNetConfig, MambaUNetV2
+
+    net = MambaUNetV2(
+        MambaUNetConfig(in_channels=3, channels=(8, 16, 16, 32), d_state=8, headdim=8, chunk_size=16)
+    )
+    passes = [
+        np.flip(
+            inference.predict_volume(net, np.ascontiguousarray(np.flip(f, [a + 1 for a in flip])), **kwargs),
+            flip,
+        )
+        if flip
+        else inference.predict_volume(net, f, **kwargs)
+        for flip in inference.FOUR_FLIPS
+    ]
+    four = inference.predict_volume(net, f, tta=True, tta_flips=inference.FOUR_FLIPS, **kwargs)
+    np.testing.assert_allclose(four, np.mean(passes, axis=0), rtol=1e-4, atol=1e-4)
+    assert np.abs(four - passes[0]).max() > 1e-4

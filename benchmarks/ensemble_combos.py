@@ -1,14 +1,15 @@
 """Score several weighted means of stored predictions in one pass over the patients (CPU).
 
     python benchmarks/ensemble_combos.py --model NAME=FILE[@VIEWS] ... --combo "LABEL=NAME*W+NAME+..." ...
-        [--split DIR] [--store DIR] [--tta] [--model-tta NAME=FILE ...] [--folder NAME=DIR ...]
+        [--split DIR] [--store DIR] [--tta] [--model-tta NAME=FILE ...] [--model-tta-lr NAME=FILE ...] [--folder NAME=DIR ...]
         [--widen-ptv-hot-end]
 
 Every ``--model`` names a .safetensors file whose predictions ``benchmarks/ensemble_eval.py`` has
 stored (same ``--store``, views and ``--tta``; a model without stored predictions for every patient
 is refused by name: run ensemble_eval.py on it first). ``--tta`` reads every model's flip-TTA
 predictions; ``--model-tta`` names one whose flip-TTA predictions are read whatever ``--tta`` says
-(to mix networks predicted with and without the flip). ``--folder NAME=DIR`` names a folder of
+(to mix networks predicted with and without the flip); ``--model-tta-lr`` one predicted with the
+mirror alone (``ensemble_eval.py --tta --tta-flips lr``) where its card asks for four flips. ``--folder NAME=DIR`` names a folder of
 predictions in the challenge's format (``pt_<N>.csv``, e.g. from ``mambadose predict-openkbp``, such
 as the shipped ensemble's flip-TTA dose made on a GPU), read as a model's stored predictions are.
 ``--widen-ptv-hot-end`` scores every combo
@@ -48,7 +49,7 @@ from ensemble_eval import (  # this folder is on sys.path when run as a script
     named_model,
     parse_weighted,
 )
-from MambaDoseLib import calibration, metrics, openkbp, rois
+from MambaDoseLib import calibration, inference, metrics, openkbp, rois
 
 
 def parse_combo(text: str, names: set[str]) -> tuple[str, list[tuple[str, float]]]:
@@ -80,6 +81,13 @@ def main() -> int:
         help="NAME=FILE[@views] whose stored predictions were made with flip TTA (whatever --tta says)",
     )
     parser.add_argument(
+        "--model-tta-lr",
+        action="append",
+        default=[],
+        help="NAME=FILE[@views] predicted with the left-right flip TTA alone (ensemble_eval.py --tta "
+        "--tta-flips lr), for a network whose card asks for all four flips",
+    )
+    parser.add_argument(
         "--folder",
         action="append",
         default=[],
@@ -109,7 +117,7 @@ def main() -> int:
                 "or a target with D_99, D_95 or D_1"
             )
         bias_keys.append((roi, metric))
-    if not args.model and not args.model_tta and not args.crossfit and not args.folder:
+    if not (args.model or args.model_tta or args.model_tta_lr or args.crossfit or args.folder):
         raise SystemExit("give at least one --model, --folder or --crossfit")
     if args.crossfit and args.folds is None:
         raise SystemExit("--crossfit needs --folds")
@@ -122,8 +130,10 @@ def main() -> int:
         if outside:
             raise SystemExit(f"{args.folds}: no fold holds {', '.join(outside[:3])} of {args.split}")
     stores: dict[str, dict[str, Path]] = {}  # name -> patient id -> store folder of its prediction
-    for spec, tta in [(m, args.tta) for m in args.model] + [(m, True) for m in args.model_tta]:
-        name, path, _, store, weight = named_model(spec, args.store, tta)
+    lr = inference.LR_FLIPS
+    specs = [(m, args.tta, None) for m in args.model] + [(m, True, None) for m in args.model_tta]
+    for spec, tta, flips in specs + [(m, True, lr) for m in args.model_tta_lr]:
+        name, path, _, store, weight = named_model(spec, args.store, tta, flips)
         if weight != 1:
             raise SystemExit(f"--model {spec!r}: weights go in --combo (NAME*W), not in --model")
         if name in stores:

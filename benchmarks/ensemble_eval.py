@@ -1,6 +1,6 @@
 """Score several trained models and their voxel-wise mean on an OpenKBP split (CPU or GPU).
 
-    python benchmarks/ensemble_eval.py MODEL[@VIEWS][*WEIGHT] ... [--split DIR] [--store DIR] [--prefix-means] [--tta]
+    python benchmarks/ensemble_eval.py MODEL[@VIEWS][*WEIGHT] ... [--split DIR] [--store DIR] [--prefix-means] [--tta [--tta-flips lr]]
 
 Each MODEL is a .safetensors file with its card; ``@axial,coronal`` overrides the card's views;
 ``*3`` weighs the model three times in the means (an ensemble file of three members counts as
@@ -11,8 +11,9 @@ mean of every K of the models on the dose score and prints the best five with th
 Every model predicts every patient once through ``inference.predict_patient`` (kept in
 ``--store`` as .npy, reused by later calls); then the script prints, for each model alone and for
 the mean of all of them, the challenge's dose score and DVH score (``metrics``, mean over
-patients; DVH also pooled). ``--tta``: every model with the left-right flip TTA (as ``predict-openkbp
---tta``). Tune on validation only.
+patients; DVH also pooled). ``--tta``: every model with the flip TTA (as ``predict-openkbp
+--tta``: the left-right mirror, all four in-plane flips for a network trained with the
+anterior-posterior flip too). Tune on validation only.
 """
 
 from __future__ import annotations
@@ -27,10 +28,16 @@ import numpy as np
 from MambaDoseLib import inference, metrics, openkbp, weights
 
 
-def store_folder(root: Path, card: dict, views: tuple[str, ...], tta: bool = False) -> Path:
+def store_folder(
+    root: Path, card: dict, views: tuple[str, ...], tta: bool = False, flips: tuple | None = None
+) -> Path:
     """Where a model's predictions (one ``pt_<N>.npy`` per patient) are kept under ``root``: keyed
-    by its weights' SHA-256, the views and the TTA (stored apart from those without)."""
+    by its weights' SHA-256, the views and the TTA (stored apart from those without; with the flips
+    when they are more than the mirror: ``flips``, default the card's, ``inference.card_tta_flips``)."""
     key = f"{card['sha256']}{views}{'tta' if tta else ''}"
+    flips = inference.card_tta_flips(card) if flips is None else flips
+    if tta and flips != inference.LR_FLIPS:  # networks trained with more flips: keyed by them too
+        key += str(flips)
     return root / hashlib.sha1(key.encode()).hexdigest()[:12]
 
 
@@ -63,9 +70,11 @@ def parse_weighted(text: str, names: set[str], where: str) -> list[tuple[str, fl
     return parts
 
 
-def named_model(spec: str, root: Path, tta: bool = False) -> tuple[str, Path, dict, Path, float]:
+def named_model(
+    spec: str, root: Path, tta: bool = False, flips: tuple | None = None
+) -> tuple[str, Path, dict, Path, float]:
     """``NAME=FILE[@VIEWS][*W]`` -> (name, file, card, store folder of its predictions, weight W)
-    (benchmarks/ensemble_combos.py, ensemble_greedy.py)."""
+    (benchmarks/ensemble_combos.py, ensemble_greedy.py); ``flips`` as in ``store_folder``."""
     name, sep, rest = spec.partition("=")
     if not sep or not name:
         raise SystemExit(f"--model {spec!r}: expected NAME=FILE[@VIEWS][*W]")
@@ -73,7 +82,7 @@ def named_model(spec: str, root: Path, tta: bool = False) -> tuple[str, Path, di
     path, _, views = rest.partition("@")
     card = weights.read_card(path)
     views = inference.parse_views(views) if views else inference.card_views(card)
-    return name, Path(path), card, store_folder(root, card, views, tta), float(weight or 1)
+    return name, Path(path), card, store_folder(root, card, views, tta, flips), float(weight or 1)
 
 
 def main() -> int:
@@ -82,7 +91,17 @@ def main() -> int:
     parser.add_argument("--split", type=Path, default=Path("/tmp/openkbp/validation-pats"))
     parser.add_argument("--store", type=Path, default=STORE)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--tta", action="store_true", help="every model with the left-right flip TTA")
+    parser.add_argument(
+        "--tta",
+        action="store_true",
+        help="every model with the flip TTA (the mirror; all four flips for networks trained with them)",
+    )
+    parser.add_argument(
+        "--tta-flips",
+        choices=("card", "lr"),
+        default="card",
+        help="with --tta: the flips the card asks for (default) or the left-right mirror alone",
+    )
     parser.add_argument("--prefix-means", action="store_true", help="score the mean of the first k, every k")
     parser.add_argument("--subsets", type=int, default=0, metavar="K", help="score every K of the models")
     args = parser.parse_args()
@@ -95,10 +114,18 @@ def main() -> int:
         path, _, views = spec.partition("@")
         model, card = weights.load_model(path, device=args.device)
         views = inference.parse_views(views) if views else inference.card_views(card)
-        store = store_folder(args.store, card, views, args.tta)
+        flips = inference.card_tta_flips(card) if args.tta_flips == "card" else inference.LR_FLIPS
+        store = store_folder(args.store, card, views, args.tta, flips)
         store.mkdir(parents=True, exist_ok=True)
         members.append(
-            (f"{Path(path).parent.name}/{Path(path).name}@{','.join(views)}", model, card, views, store)
+            (
+                f"{Path(path).parent.name}/{Path(path).name}@{','.join(views)}",
+                model,
+                card,
+                views,
+                store,
+                flips,
+            )
         )
 
     scores: dict[str, list] = {}  # name -> per patient metrics.score_prediction
@@ -106,12 +133,12 @@ def main() -> int:
         patient = openkbp.read_patient(folder)
         ref = metrics.reference_dvh_metrics(patient)
         doses = []
-        for name, model, card, views, store in members:
+        for name, model, card, views, store, flips in members:
             stored = store / f"{folder.name}.npy"
             if not stored.exists():
                 t0 = time.perf_counter()
                 dose = inference.predict_patient(
-                    model, card, patient, device=args.device, views=views, tta=args.tta
+                    model, card, patient, device=args.device, views=views, tta=args.tta, tta_flips=flips
                 )
                 np.save(stored, dose)
                 print(f"{name} {folder.name}: {time.perf_counter() - t0:.1f} s", flush=True)

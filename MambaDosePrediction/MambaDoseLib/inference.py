@@ -19,7 +19,9 @@ Test-time augmentation (TTA) averages the model's output over flips of the input
 output flipped back). ``tta_flips`` lists the flips as tuples of volume axes: ``()`` is the
 identity, ``(1,)`` the left-right flip (axis 1), ``(0,)`` the anterior-posterior flip (axis 0).
 The default is ``((), (1,))``: head-and-neck anatomy is roughly left-right symmetric but not
-anterior-posterior symmetric. Pass :data:`FOUR_FLIPS` for all four in-plane flips. Under a flip
+anterior-posterior symmetric. Pass :data:`FOUR_FLIPS` for all four in-plane flips (the default
+of :func:`predict_patient` for networks trained with the anterior-posterior flip as well,
+:func:`card_tta_flips`). Under a flip
 of axis 1, the channel pairs in ``swap_channels`` (e.g. right and left parotid masks) are exchanged
 so the flipped input still describes a plausible patient (see :func:`lr_swap_pairs`); an
 ensemble can say per member whether its mirror swaps them (``member_swaps``: members trained
@@ -421,7 +423,8 @@ def predict_patient(
     possible-dose mask, where the model was trained). kwargs go to
     :func:`predict_volume`; ``swap_channels`` defaults to the card's right/left channel pairs (none
     for a network trained to mirror without swapping them, :func:`card_tta_swaps_lr`; for an
-    ensemble of both kinds, ``member_swaps`` says which members swap, :func:`card_member_tta_swaps`) and,
+    ensemble of both kinds, ``member_swaps`` says which members swap, :func:`card_member_tta_swaps`),
+    ``tta_flips`` to the flips the network was trained with (:func:`card_tta_flips`) and,
     when the patient is not resampled, ``within`` to its possible-dose mask (slices without it are
     not computed).
     Returns float32 (I, J, K) on the patient's grid.
@@ -440,6 +443,7 @@ def predict_patient(
     if len(set(swaps)) > 1:  # an ensemble of networks mirrored with and without the swap
         kwargs.setdefault("member_swaps", swaps)
     kwargs.setdefault("views", card_views(card))
+    kwargs.setdefault("tta_flips", card_tta_flips(card))
     resampled = inplane is not None and not inplane.is_identity
     if not resampled:
         # (after resampling, resample_dose_back may read model-grid voxels just outside the
@@ -467,18 +471,43 @@ def card_tta_swaps_lr(card: Mapping[str, Any]) -> bool:
     return bool(augment.get("swap_lr_channels", True)) or not augment.get("flip_lr_p", 0.5)
 
 
+def _member_cards(card: Mapping[str, Any]) -> list[Mapping[str, Any]] | None:
+    """One card-like mapping per network (``{"training": summary}``) for an ensemble card
+    (``"ensemble_size"``) whose ``training.members`` lists a summary per member; ``[card]`` for any
+    other card; None for an ensemble card without those summaries (every ensemble shipped so far)."""
+    size = card.get("ensemble_size")
+    if not size:
+        return [card]
+    members = (card.get("training") or {}).get("members")
+    if not isinstance(members, list) or len(members) != size:
+        return None
+    return [{"training": m if isinstance(m, Mapping) else {}} for m in members]
+
+
 def card_member_tta_swaps(card: Mapping[str, Any]) -> list[bool]:
     """:func:`card_tta_swaps_lr` per network: for an ensemble card (``"ensemble_size"``), one entry
     per member, read from its ``training.members[i].config.augment`` (all True when the card does
     not list one summary per member, as for every ensemble shipped so far); for any other card,
     ``[card_tta_swaps_lr(card)]``."""
-    size = card.get("ensemble_size")
-    if not size:
-        return [card_tta_swaps_lr(card)]
-    members = (card.get("training") or {}).get("members")
-    if not isinstance(members, list) or len(members) != size:
-        return [True] * int(size)
-    return [card_tta_swaps_lr({"training": m if isinstance(m, Mapping) else {}}) for m in members]
+    cards = _member_cards(card)
+    if cards is None:
+        return [True] * int(card["ensemble_size"])
+    return [card_tta_swaps_lr(c) for c in cards]
+
+
+def card_tta_flips(card: Mapping[str, Any]) -> tuple[tuple[int, ...], ...]:
+    """The flips the TTA averages over for this model: :data:`FOUR_FLIPS` when every network was
+    trained with the anterior-posterior flip as well (card ``training.config.augment.flip_ap_p`` >
+    0, ``mambadose train --flip-ap-p``), so each flipped input is one it saw in training;
+    :data:`LR_FLIPS` (the mirror alone) otherwise, and for cards that do not record their
+    augmentation."""
+
+    def ap_trained(c: Mapping[str, Any]) -> bool:
+        augment = ((c.get("training") or {}).get("config") or {}).get("augment") or {}
+        return bool(augment.get("flip_ap_p", 0.0))
+
+    cards = _member_cards(card)
+    return FOUR_FLIPS if cards and all(ap_trained(c) for c in cards) else LR_FLIPS
 
 
 def card_views(card: Mapping[str, Any]) -> tuple[str, ...]:

@@ -188,7 +188,11 @@ def augment_batch(
     shift = torch.rand(n, 2, generator=generator) * 2.0 - 1.0
     shift = torch.where(shift_on[:, None], shift * config.shift_frac * torch.tensor([w, h]), 0.0)
     # drawn last and only when on, so that configs without it keep their streams
-    transpose = _coin(n, config.transpose_p, generator) if config.transpose_p > 0 else torch.zeros(n, dtype=torch.bool)
+    transpose = (
+        _coin(n, config.transpose_p, generator)
+        if config.transpose_p > 0
+        else torch.zeros(n, dtype=torch.bool)
+    )
     if transpose.any() and h != w:
         raise ValueError(f"augment_batch: transposing needs square slices, got {h} x {w}")
     if group > 1:  # one draw per group, repeated for its samples

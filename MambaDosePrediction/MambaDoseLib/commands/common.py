@@ -25,7 +25,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--tta",
         action="store_true",
         help="average over the left-right flip (test-time augmentation): twice the time, lower error "
-        "(shipped network on OpenKBP validation: dose score 2.80 instead of 2.87 Gy)",
+        "(shipped network on OpenKBP validation: dose score 2.80 instead of 2.87 Gy); a network "
+        "trained with the anterior-posterior flip too is averaged over all four flips",
     )
     parser.add_argument(
         "--views",
