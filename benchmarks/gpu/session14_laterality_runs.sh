@@ -22,7 +22,8 @@
 # Session 16: "c5 u5 c6", then "u6 c7 u7" (seeds 1403-1405), to decide whether --no-lr-swap
 # should be the default on five seeds of each.
 # Session 17: "a1 a2 a3" (u's recipe + the anterior-posterior flip), then "d1 d2 d3" (+ the
-# transposition as well: all eight symmetries of the square), seeds 1401-1403 as u3, u4, u5.
+# transposition as well: all eight symmetries of the square), seeds 1401-1403 as u3, u4, u5, then
+# "a4 a5" (seeds 1404-1405 as u6, u7; that last call ran the loop to 5 by sed on the machine, as here).
 # Session 14's machine went back twice before the runs came home; its last device minutes ran
 # "n1 c1" with EPOCHS_2D = 14. Session 15 (one H200): "n3 c3 u3", then "n4 c4 u4", with EPOCHS_2D = 24.
 #   bash benchmarks/gpu/session14_laterality_runs.sh TIME_LIMIT_S EPOCHS_3D EPOCHS_2D ["RUNS"]
@@ -41,7 +42,7 @@ declare -A recipe=([n5]="n5 1305 $d3 $nf --dvh-loss 2" [n1]="n1 1301 $d2 $nf" [n
 for k in 5 6 7; do  # session 16: three more seeds of the swap against no swap
   recipe[c$k]="c$k $((1398 + k)) $d2"; recipe[u$k]="u$k $((1398 + k)) $d2 --no-lr-swap"
 done
-for k in 1 2 3; do  # session 17: more symmetries of the slice, no swap, paired with u3-u5's seeds
+for k in 1 2 3 4 5; do  # session 17: more symmetries of the slice, no swap, paired with u3-u7 by seed
   recipe[a$k]="a$k $((1400 + k)) $d2 --no-lr-swap --flip-ap-p 0.5"  # + anterior-posterior flip
   recipe[d$k]="d$k $((1400 + k)) $d2 --no-lr-swap --flip-ap-p 0.5 --transpose-p 0.5"  # all 8 of the square
 done
