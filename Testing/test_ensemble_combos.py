@@ -64,6 +64,21 @@ def _run(root, split, store, *args):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=root)
 
 
+def _store_offset(folder: Path, split: Path, offset: float) -> None:
+    """Store, as a model's predictions of pt_1 and pt_2, the reference plus ``offset`` Gy inside
+    the possible-dose mask."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for pid in ("pt_1", "pt_2"):
+        patient = openkbp.read_patient(split / pid)
+        np.save(folder / f"{pid}.npy", patient.dose_gy + offset * patient.possible_dose_mask)
+
+
+def _dose_scores(result) -> dict[str, float]:
+    """Each combo's dose score from ensemble_combos.py's table."""
+    assert result.returncode == 0, result.stderr
+    return {ln[:40].strip(): float(ln[40:].split()[0]) for ln in result.stdout.splitlines()[2:]}
+
+
 def test_crossfit_name_takes_each_patient_from_its_fold(setup):
     root, split, files, store = setup
     result = _run(
@@ -136,11 +151,7 @@ def test_refusals_name_the_problem(setup):
 def test_model_tta_reads_the_flip_tta_store_and_widened_combos_are_added(setup):
     root, split, files, store = setup
     card = json.loads(files["b"].with_suffix(".json").read_text())
-    folder = store_folder(store, card, ("axial",), tta=True)  # b's flip-TTA predictions: offset 4
-    folder.mkdir(parents=True, exist_ok=True)
-    for pid in ("pt_1", "pt_2"):
-        patient = openkbp.read_patient(split / pid)
-        np.save(folder / f"{pid}.npy", patient.dose_gy + 4.0 * patient.possible_dose_mask)
+    _store_offset(store_folder(store, card, ("axial",), tta=True), split, 4.0)  # b's flip-TTA predictions
     result = _run(
         root, split, store, "--model", f"b={files['b']}", "--model-tta", f"tb={files['b']}",
         "--combo", "plain=b", "--combo", "mix=b+tb", "--widen-ptv-hot-end",
@@ -203,9 +214,7 @@ def test_folder_of_submission_csvs_is_read_as_a_model(setup):
         root, split, store, "--model", f"b={files['b']}", "--folder", f"f={csvs}",
         "--combo", "cf=f", "--combo", "mix=f+b*2",
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    rows = {ln[:40].strip(): float(ln[40:].split()[0]) for ln in result.stdout.splitlines()[2:]}
-    assert rows == pytest.approx({"cf": 6.0, "mix": (6.0 + 2 * 2.0) / 3}, abs=1e-3)
+    assert _dose_scores(result) == pytest.approx({"cf": 6.0, "mix": (6.0 + 2 * 2.0) / 3}, abs=1e-3)
     (csvs / "pt_2.csv").unlink()
     missing = _run(root, split, store, "--folder", f"f={csvs}", "--combo", "cf=f")
     assert missing.returncode != 0 and "--folder" in missing.stderr and "pt_2" in missing.stderr
@@ -237,15 +246,10 @@ def test_four_flip_and_mirror_only_tta_are_stored_apart(setup, tmp_path):
     four = store_folder(store, card, ("axial",), tta=True)
     mirror = store_folder(store, card, ("axial",), tta=True, flips=inference.LR_FLIPS)
     assert four != mirror
-    for folder, offset in ((four, 1.0), (mirror, 5.0)):
-        folder.mkdir(parents=True, exist_ok=True)
-        for pid in ("pt_1", "pt_2"):
-            patient = openkbp.read_patient(split / pid)
-            np.save(folder / f"{pid}.npy", patient.dose_gy + offset * patient.possible_dose_mask)
+    _store_offset(four, split, 1.0)
+    _store_offset(mirror, split, 5.0)
     result = _run(
         root, split, store, "--model-tta", f"f={ap_file}", "--model-tta-lr", f"m={ap_file}",
         "--combo", "four=f", "--combo", "mirror=m",
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    rows = {ln[:40].strip(): float(ln[40:].split()[0]) for ln in result.stdout.splitlines()[2:]}
-    assert rows == pytest.approx({"four": 1.0, "mirror": 5.0}, abs=1e-4)
+    assert _dose_scores(result) == pytest.approx({"four": 1.0, "mirror": 5.0}, abs=1e-4)
