@@ -168,14 +168,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--flip-ap-p",
         type=float,
         default=0.0,
-        help="probability of the anterior-posterior flip (default 0: a patient lying face down is not in the data)",
+        help="probability of the anterior-posterior flip (default 0: a patient lying face down is not in "
+        "the data; at 0.5, five seeds: dose score the same, DVH score 0.07 Gy worse, README 'Session 17')",
     )
     aug.add_argument(
         "--transpose-p",
         type=float,
         default=0.0,
         help="probability of exchanging the two in-plane axes (a quarter turn and a mirror; with both "
-        "flips at 0.5, all eight symmetries of the square; default 0)",
+        "flips at 0.5, all eight symmetries of the square; default 0; with them, three seeds: DVH score "
+        "0.12 Gy worse, README 'Session 17')",
     )
     aug.add_argument(
         "--lr-swap",
