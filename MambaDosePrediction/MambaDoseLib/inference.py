@@ -456,6 +456,12 @@ def predict_patient(
     return dose
 
 
+def _card_augment(card: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The augmentation a network was trained with (card ``training.config.augment``; empty when
+    the card does not record it)."""
+    return ((card.get("training") or {}).get("config") or {}).get("augment") or {}
+
+
 def card_tta_swaps_lr(card: Mapping[str, Any]) -> bool:
     """Whether the left-right flip TTA exchanges the Right/Left channels for this model.
 
@@ -467,7 +473,7 @@ def card_tta_swaps_lr(card: Mapping[str, Any]) -> bool:
     augmentation and networks trained without the flip (for them the swapped mirror is the input
     that looks like an unmirrored patient).
     """
-    augment = ((card.get("training") or {}).get("config") or {}).get("augment") or {}
+    augment = _card_augment(card)
     return bool(augment.get("swap_lr_channels", True)) or not augment.get("flip_lr_p", 0.5)
 
 
@@ -501,13 +507,8 @@ def card_tta_flips(card: Mapping[str, Any]) -> tuple[tuple[int, ...], ...]:
     0, ``mambadose train --flip-ap-p``), so each flipped input is one it saw in training;
     :data:`LR_FLIPS` (the mirror alone) otherwise, and for cards that do not record their
     augmentation."""
-
-    def ap_trained(c: Mapping[str, Any]) -> bool:
-        augment = ((c.get("training") or {}).get("config") or {}).get("augment") or {}
-        return bool(augment.get("flip_ap_p", 0.0))
-
     cards = _member_cards(card)
-    return FOUR_FLIPS if cards and all(ap_trained(c) for c in cards) else LR_FLIPS
+    return FOUR_FLIPS if cards and all(_card_augment(c).get("flip_ap_p", 0.0) for c in cards) else LR_FLIPS
 
 
 def card_views(card: Mapping[str, Any]) -> tuple[str, ...]:
