@@ -46,6 +46,12 @@ for k in 1 2 3 4 5; do  # session 17: more symmetries of the slice, no swap, pai
   recipe[a$k]="a$k $((1400 + k)) $d2 --no-lr-swap --flip-ap-p 0.5"  # + anterior-posterior flip
   recipe[d$k]="d$k $((1400 + k)) $d2 --no-lr-swap --flip-ap-p 0.5 --transpose-p 0.5"  # all 8 of the square
 done
+# session 18: members for an ensemble rebuilt without the Left/Right swap (sessions 16-17 measured
+# its DVH gain): h1 the shipped 3D member's recipe (h93: DVH term W = 2 over slabs) without the swap;
+# v1-v3 the 2D recipe with the DVH term W = 1 (session 9's k9x) without the swap; u8, u9 more seeds of u
+recipe[h1]="h1 1601 $d3 --no-lr-swap --dvh-loss 2"
+for k in 1 2 3; do recipe[v$k]="v$k $((1500 + k)) $d2 --no-lr-swap --dvh-loss 1"; done
+for k in 8 9; do recipe[u$k]="u$k $((1398 + k)) $d2 --no-lr-swap"; done
 for want in $runs_wanted; do
   specs=(); IFS=+ read -ra names <<< "$want"
   for n in "${names[@]}"; do specs+=("${recipe[$n]}"); done
