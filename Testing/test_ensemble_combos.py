@@ -253,3 +253,37 @@ def test_four_flip_and_mirror_only_tta_are_stored_apart(setup, tmp_path):
         "--combo", "four=f", "--combo", "mirror=m",
     )  # fmt: skip
     assert _dose_scores(result) == pytest.approx({"four": 1.0, "mirror": 5.0}, abs=1e-4)
+
+
+def test_inside_takes_one_combo_inside_the_structures_and_the_other_elsewhere(setup):
+    root, split, files, store = setup
+    hot = _model_file(root / "hot.safetensors", seed=7)  # its own store folder: the fixture stays as it is
+    _store_offset(
+        store_folder(store, json.loads(hot.with_suffix(".json").read_text()), ("axial",)), split, 5.0
+    )
+    result = _run(
+        root, split, store, "--model", f"b={files['b']}", "--model", f"a={hot}", "--combo", "cb=b",
+        "--combo", "ca=a", "--inside", "mix=cb:ca", "--widen-ptv-hot-end",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = {
+        ln[:40].strip(): [float(x) for x in ln[40:].split()[:3]] for ln in result.stdout.splitlines()[2:8]
+    }
+    assert "mix" in result.stdout and "cb outside the structures, ca inside" in result.stdout
+    expected: dict[str, list] = {"mix": [], "mix widened": []}
+    for pid in ("pt_1", "pt_2"):
+        patient = openkbp.read_patient(split / pid)
+        mask = patient.possible_dose_mask
+        inside = np.logical_or.reduce([np.asarray(m, bool) for m in patient.structures.values()])
+        mix = patient.dose_gy + np.where(inside, 5.0, 2.0) * mask
+        ref = metrics.reference_dvh_metrics(patient)
+        expected["mix"].append(metrics.score_patient(mix, patient, ref))
+        wide = calibration.widen_ptv_hot_tail(mix, patient.structures, mask)
+        expected["mix widened"].append(metrics.score_patient(wide, patient, ref))
+    for label, scores in expected.items():
+        assert rows[label] == pytest.approx(list(metrics.score_summary(scores)), abs=1e-4)
+    # the DVH metrics read only the structures' voxels: the DVH score is IN's, the dose score between
+    assert rows["mix"][1:] == pytest.approx(rows["ca"][1:], abs=1e-4)
+    assert rows["cb"][0] < rows["mix"][0] < rows["ca"][0]
+    bad = _run(root, split, store, "--model", f"b={files['b']}", "--combo", "cb=b", "--inside", "m=cb:zz")
+    assert bad.returncode != 0 and "OUT and IN two --combo labels" in bad.stderr

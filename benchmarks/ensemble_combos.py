@@ -2,7 +2,7 @@
 
     python benchmarks/ensemble_combos.py --model NAME=FILE[@VIEWS] ... --combo "LABEL=NAME*W+NAME+..." ...
         [--split DIR] [--store DIR] [--tta] [--model-tta NAME=FILE ...] [--model-tta-lr NAME=FILE ...] [--folder NAME=DIR ...]
-        [--widen-ptv-hot-end]
+        [--widen-ptv-hot-end] [--inside LABEL=OUT:IN ...]
 
 Every ``--model`` names a .safetensors file whose predictions ``benchmarks/ensemble_eval.py`` has
 stored (same ``--store``, views and ``--tta``; a model without stored predictions for every patient
@@ -14,6 +14,10 @@ predictions in the challenge's format (``pt_<N>.csv``, e.g. from ``mambadose pre
 as the shipped ensemble's flip-TTA dose made on a GPU), read as a model's stored predictions are.
 ``--widen-ptv-hot-end`` scores every combo
 a second time after ``calibration.widen_ptv_hot_tail`` (labelled "<label> widened").
+``--inside LABEL=OUT:IN`` adds a combo whose dose is combo IN's inside the union of the
+patient's structures (the OARs and PTVs the DVH score reads) and combo OUT's elsewhere, e.g. a
+network trained for the DVH score where the DVH metrics are taken and the dose-score ensemble
+around them (OUT and IN are --combo labels; widened like the others).
 ``--roi-bias ROI:METRIC`` (e.g. ``RightParotid:mean``, ``PTV70:D_1``) prints, per combo, the mean
 signed error (prediction - reference, Gy) of that DVH metric over the patients that have the ROI.
 Every ``--combo`` is a voxel-wise weighted
@@ -60,6 +64,17 @@ def parse_combo(text: str, names: set[str]) -> tuple[str, list[tuple[str, float]
     return label, parse_weighted(body, names, f"--combo {label}")
 
 
+def parse_inside(text: str, labels: set[str]) -> tuple[str, str, str]:
+    """``"LABEL=OUT:IN"`` -> ``("LABEL", "OUT", "IN")``; OUT and IN must be --combo labels."""
+    label, sep, body = text.partition("=")
+    out, colon, in_ = body.partition(":")
+    if not sep or not label or not colon or not {out, in_} <= labels or label in labels:
+        raise SystemExit(
+            f"--inside {text!r}: expected LABEL=OUT:IN, OUT and IN two --combo labels, LABEL a new one"
+        )
+    return label, out, in_
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", default=[], help="NAME=FILE.safetensors[@views]")
@@ -97,6 +112,13 @@ def main() -> int:
         "--widen-ptv-hot-end",
         action="store_true",
         help="also score every combo after calibration.widen_ptv_hot_tail (label + ' widened')",
+    )
+    parser.add_argument(
+        "--inside",
+        action="append",
+        default=[],
+        metavar="LABEL=OUT:IN",
+        help="a combo with combo IN's dose inside the patient's structures and combo OUT's elsewhere",
     )
     parser.add_argument(
         "--roi-bias",
@@ -169,6 +191,9 @@ def main() -> int:
             check_stored(f"{name} fold {k} ({path})", store, held)
             stores[name].update({f.name: store for f in held})
     combos = [parse_combo(c, set(stores)) for c in args.combo]
+    inside = [parse_inside(spec, {label for label, _ in combos}) for spec in args.inside]
+    combos += [(label, [*dict(combos)[out], *dict(combos)[in_]]) for label, out, in_ in inside]
+    inside_parts = {label: (out, in_) for label, out, in_ in inside}
     widened = {f"{label} widened" for label, _ in combos} if args.widen_ptv_hot_end else set()
     combos += [(f"{label} widened", parts) for label, parts in combos if f"{label} widened" in widened]
     labels = {label for label, _ in combos}
@@ -190,8 +215,18 @@ def main() -> int:
             )
             for n in used
         }
+        means: dict[str, np.ndarray] = {}
+        structures = np.logical_or.reduce([np.asarray(m, bool) for m in patient.structures.values()])
         for label, parts in combos:
-            mean = np.average([doses[n] for n, _ in parts], axis=0, weights=[w for _, w in parts])
+            base = label.removesuffix(" widened") if label in widened else label
+            if base in means:
+                mean = means[base]
+            elif base in inside_parts:
+                out, in_ = inside_parts[base]
+                mean = np.where(structures, means[in_], means[out])
+            else:
+                mean = np.average([doses[n] for n, _ in parts], axis=0, weights=[w for _, w in parts])
+            means[base] = mean
             if label in widened:
                 mean = calibration.widen_ptv_hot_tail(mean, patient.structures, patient.possible_dose_mask)
             scores[label].append(metrics.score_patient(mean, patient, ref))
@@ -201,6 +236,10 @@ def main() -> int:
     for label, parts in combos:
         dose_mean, dvh_mean, pooled = metrics.score_summary(scores[label])
         networks = " + ".join(f"{n}*{w:g}" if w != 1 else n for n, w in parts)
+        if label.removesuffix(" widened") in inside_parts:
+            networks = "{} outside the structures, {} inside".format(
+                *inside_parts[label.removesuffix(" widened")]
+            )
         print(f"{label:40s} {dose_mean:10.4f} {dvh_mean:10.4f} {pooled:11.4f}  {networks}")
     for key in bias_keys:
         print(f"mean signed error of {key[0]} {key[1]} (prediction - reference):")
