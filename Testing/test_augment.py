@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -185,6 +186,10 @@ def test_transpose_exchanges_the_axes_and_with_both_flips_is_a_quarter_turn():
     assert torch.equal(xq, torch.rot90(x, k=-1, dims=(-2, -1)))
     with pytest.raises(ValueError, match="square slices"):
         augment_batch(*_batch(h=16, w=24), cfg, torch.Generator().manual_seed(0))
+    # refused even when no sample of the batch draws the transposition, so a run stops at its start
+    rare = dataclasses.replace(cfg, transpose_p=1e-9)
+    with pytest.raises(ValueError, match="square slices"):
+        augment_batch(*_batch(h=16, w=24), rare, torch.Generator().manual_seed(0))
 
 
 def test_transpose_off_keeps_the_random_stream():

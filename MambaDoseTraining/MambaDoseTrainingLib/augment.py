@@ -193,8 +193,8 @@ def augment_batch(
         if config.transpose_p > 0
         else torch.zeros(n, dtype=torch.bool)
     )
-    if transpose.any() and h != w:
-        raise ValueError(f"augment_batch: transposing needs square slices, got {h} x {w}")
+    if config.transpose_p > 0 and h != w:  # refused at the first batch, not when first drawn
+        raise ValueError(f"augment_batch: transpose_p > 0 needs square slices, got {h} x {w}")
     if group > 1:  # one draw per group, repeated for its samples
         flip_lr, flip_ap, transpose, rotate, scale_on, shift_on, angle, scale, shift = (
             t.repeat_interleave(group, dim=0)
