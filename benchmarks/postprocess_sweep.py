@@ -2,6 +2,7 @@
 
     python benchmarks/postprocess_sweep.py [--split /tmp/openkbp/validation-pats] [--model FILE] [--tta]
         [--store /tmp/mambadose-sweep] [--sigmas 0,0.35,0.5,0.75,1,1.5] [--inplane-sigmas 0,0.5,1]
+    python benchmarks/postprocess_sweep.py --folder PRED_DIR [...]
 
 Predicts every patient once with the model (default: the shipped one) on the CPU through
 ``inference.predict_patient`` (with the left-right flip TTA when ``--tta``; stored under
@@ -12,7 +13,9 @@ reflected), as a normalised convolution inside the possible-dose mask (filter(do
 filter(mask), zero outside), with the challenge's dose and DVH scores (``metrics``; DVH per
 patient and pooled). A slice-wise network predicts each slice on its own: when smoothing along the
 slices helps more than in-plane smoothing of the same width, its slices disagree with each other
-more than its pixels do. Tune on validation only.
+more than its pixels do. ``--folder`` scores the predictions in a folder instead (``pt_<N>.csv``,
+the challenge's format, e.g. an ensemble's flip-TTA doses made on a GPU by ``predict-openkbp``).
+Tune on validation only.
 """
 
 from __future__ import annotations
@@ -46,33 +49,45 @@ def main() -> int:
     parser.add_argument("--split", type=Path, default=Path("/tmp/openkbp/validation-pats"))
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--tta", action="store_true", help="predict with the left-right flip TTA")
+    parser.add_argument("--folder", type=Path, help="score the pt_<N>.csv predictions in this folder")
     parser.add_argument("--store", type=Path, default=Path("/tmp/mambadose-sweep"))
     parser.add_argument("--sigmas", default="0,0.35,0.5,0.75,1,1.5", help="along the slices (voxels)")
     parser.add_argument("--inplane-sigmas", default="0,0.5,1", help="in-plane (voxels)")
     args = parser.parse_args()
     grid = [(float(k), float(ij)) for ij in args.inplane_sigmas.split(",") for k in args.sigmas.split(",")]
-    model, card = weights.load_model(args.model or weights.default_model_path(), device="cpu")
-    store = args.store / hashlib.sha1(f"{card['sha256']}{args.tta}".encode()).hexdigest()[:12]
-    store.mkdir(parents=True, exist_ok=True)
+    if args.folder is not None and (args.model is not None or args.tta):
+        raise SystemExit("--folder scores stored predictions: --model and --tta do not apply")
+    if args.folder is None:
+        model, card = weights.load_model(args.model or weights.default_model_path(), device="cpu")
+        store = args.store / hashlib.sha1(f"{card['sha256']}{args.tta}".encode()).hexdigest()[:12]
+        store.mkdir(parents=True, exist_ok=True)
     rows: dict[tuple[float, float], list] = {g: [] for g in grid}
     for folder in openkbp.list_patient_dirs(args.split):
         patient = openkbp.read_patient(folder)
-        stored = store / f"{folder.name}.npy"
-        if not stored.exists():
-            t0 = time.perf_counter()
-            pred = inference.predict_patient(model, card, patient, device="cpu", tta=args.tta)
-            np.save(stored, pred)
-            print(f"{folder.name}: predicted in {time.perf_counter() - t0:.1f} s", flush=True)
-        pred = np.load(stored).astype(np.float32)
+        if args.folder is not None:
+            csv = args.folder / f"{folder.name}.csv"
+            if not csv.is_file():
+                raise SystemExit(f"--folder {args.folder}: no prediction {csv.name} for {folder}")
+            pred = openkbp.read_sparse_dose(csv)
+        else:
+            stored = store / f"{folder.name}.npy"
+            if not stored.exists():
+                t0 = time.perf_counter()
+                pred = inference.predict_patient(model, card, patient, device="cpu", tta=args.tta)
+                np.save(stored, pred)
+                print(f"{folder.name}: predicted in {time.perf_counter() - t0:.1f} s", flush=True)
+            pred = np.load(stored).astype(np.float32)
         pdm = np.asarray(patient.possible_dose_mask, bool)
         ref = metrics.reference_dvh_metrics(patient)
         for k, ij in grid:
             dose = smooth_in_mask(pred, pdm, k, ij)
             rows[(k, ij)].append(metrics.score_patient(dose, patient, ref))
-    model_name = args.model or "the shipped model"
-    print(
-        f"{len(rows[grid[0]])} patients of {args.split}, {model_name}, {'flip TTA' if args.tta else 'one pass'}"
-    )
+    if args.folder is not None:
+        print(f"{len(rows[grid[0]])} patients of {args.split}, the predictions in {args.folder}")
+    else:
+        model_name = args.model or "the shipped model"
+        passes = "flip TTA" if args.tta else "one pass"
+        print(f"{len(rows[grid[0]])} patients of {args.split}, {model_name}, {passes}")
     print(f"{'sigma K':>8s} {'sigma IJ':>9s} {'dose score':>11s} {'DVH score':>10s} {'DVH pooled':>11s}")
     for (k, ij), scores in rows.items():
         dose_score, dvh, pooled = metrics.score_summary(scores)
