@@ -49,8 +49,9 @@ done
 # session 18: members for an ensemble rebuilt without the Left/Right swap (sessions 16-17 measured
 # its DVH gain): h1 the shipped 3D member's recipe (h93: DVH term W = 2 over slabs) without the swap;
 # v1-v9 the 2D recipe with the DVH term W = 1 (session 9's k9x) without the swap; u8, u9 more seeds of u.
-# Session 18 ran "h1 v1 v2 u8" (four at once, 506 slices/s each) and then "u9" alone (2,003 slices/s,
-# 24 epochs in 204 s): one run at a time is as fast per run, so chain them, e.g. "v3+v4+v5+v6+v7"
+# Session 18 ran "h1 v1 v2 u8" (four at once, 506 slices/s each, all four done in 852 s) and then
+# "u9" alone (2,003 slices/s, 24 epochs in 204 s): one at a time takes about as long in all and brings
+# each run back sooner, so chain them, e.g. "v3+v4+v5+v6+v7"
 recipe[h1]="h1 1601 $d3 --no-lr-swap --dvh-loss 2"
 for k in 1 2 3 4 5 6 7 8 9; do recipe[v$k]="v$k $((1500 + k)) $d2 --no-lr-swap --dvh-loss 1"; done
 for k in 8 9; do recipe[u$k]="u$k $((1398 + k)) $d2 --no-lr-swap"; done
