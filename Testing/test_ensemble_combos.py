@@ -287,3 +287,18 @@ def test_inside_takes_one_combo_inside_the_structures_and_the_other_elsewhere(se
     assert rows["cb"][0] < rows["mix"][0] < rows["ca"][0]
     bad = _run(root, split, store, "--model", f"b={files['b']}", "--combo", "cb=b", "--inside", "m=cb:zz")
     assert bad.returncode != 0 and "OUT and IN two --combo labels" in bad.stderr
+    # a ramp outside the structures: the DVH score stays IN's, the dose moves towards IN's
+    ramped = _run(
+        root, split, store, "--model", f"b={files['b']}", "--model", f"a={hot}", "--combo", "cb=b",
+        "--combo", "ca=a", "--inside", "mix=cb:ca", "--inside-ramp-mm", "8",
+    )  # fmt: skip
+    assert ramped.returncode == 0, ramped.stderr
+    ramp_rows = {
+        ln[:40].strip(): [float(x) for x in ln[40:].split()[:3]] for ln in ramped.stdout.splitlines()[2:5]
+    }
+    assert ramp_rows["mix"][1:] == pytest.approx(rows["ca"][1:], abs=1e-4)
+    assert rows["mix"][0] < ramp_rows["mix"][0] < rows["ca"][0]
+    no_inside = _run(
+        root, split, store, "--model", f"b={files['b']}", "--combo", "cb=b", "--inside-ramp-mm", "5"
+    )
+    assert no_inside.returncode != 0 and "for --inside combos" in no_inside.stderr

@@ -2,7 +2,7 @@
 
     python benchmarks/ensemble_combos.py --model NAME=FILE[@VIEWS] ... --combo "LABEL=NAME*W+NAME+..." ...
         [--split DIR] [--store DIR] [--tta] [--model-tta NAME=FILE ...] [--model-tta-lr NAME=FILE ...] [--folder NAME=DIR ...]
-        [--widen-ptv-hot-end] [--inside LABEL=OUT:IN ...]
+        [--widen-ptv-hot-end] [--inside LABEL=OUT:IN ...] [--inside-ramp-mm R]
 
 Every ``--model`` names a .safetensors file whose predictions ``benchmarks/ensemble_eval.py`` has
 stored (same ``--store``, views and ``--tta``; a model without stored predictions for every patient
@@ -17,7 +17,10 @@ a second time after ``calibration.widen_ptv_hot_tail`` (labelled "<label> widene
 ``--inside LABEL=OUT:IN`` adds a combo whose dose is combo IN's inside the union of the
 patient's structures (the OARs and PTVs the DVH score reads) and combo OUT's elsewhere, e.g. a
 network trained for the DVH score where the DVH metrics are taken and the dose-score ensemble
-around them (OUT and IN are --combo labels; widened like the others).
+around them (OUT and IN are --combo labels; widened like the others). ``--inside-ramp-mm R`` blends
+IN into OUT linearly over the first R mm outside the structures (the weight of IN falls from 1 on
+their edge to 0 at R mm; Euclidean distance, voxel spacing honoured), so the dose has no seam there;
+the DVH score, read inside, is unchanged.
 ``--roi-bias ROI:METRIC`` (e.g. ``RightParotid:mean``, ``PTV70:D_1``) prints, per combo, the mean
 signed error (prediction - reference, Gy) of that DVH metric over the patients that have the ROI.
 Every ``--combo`` is a voxel-wise weighted
@@ -54,6 +57,7 @@ from ensemble_eval import (  # this folder is on sys.path when run as a script
     parse_weighted,
 )
 from MambaDoseLib import calibration, inference, metrics, openkbp, rois
+from scipy import ndimage
 
 
 def parse_combo(text: str, names: set[str]) -> tuple[str, list[tuple[str, float]]]:
@@ -121,6 +125,13 @@ def main() -> int:
         help="a combo with combo IN's dose inside the patient's structures and combo OUT's elsewhere",
     )
     parser.add_argument(
+        "--inside-ramp-mm",
+        type=float,
+        default=0.0,
+        metavar="R",
+        help="blend --inside's IN into OUT over the first R mm outside the structures (default 0: a seam)",
+    )
+    parser.add_argument(
         "--roi-bias",
         action="append",
         default=[],
@@ -141,6 +152,8 @@ def main() -> int:
         bias_keys.append((roi, metric))
     if not (args.model or args.model_tta or args.model_tta_lr or args.crossfit or args.folder):
         raise SystemExit("give at least one --model, --folder or --crossfit")
+    if args.inside_ramp_mm < 0 or (args.inside_ramp_mm > 0 and not args.inside):
+        raise SystemExit(f"--inside-ramp-mm {args.inside_ramp_mm}: a distance >= 0 for --inside combos")
     if args.crossfit and args.folds is None:
         raise SystemExit("--crossfit needs --folds")
 
@@ -217,13 +230,17 @@ def main() -> int:
         }
         means: dict[str, np.ndarray] = {}
         structures = np.logical_or.reduce([np.asarray(m, bool) for m in patient.structures.values()])
+        weight_in = structures.astype(np.float64)
+        if inside_parts and args.inside_ramp_mm > 0:
+            distance = ndimage.distance_transform_edt(~structures, sampling=patient.spacing_mm)
+            weight_in = np.clip(1.0 - distance / args.inside_ramp_mm, 0.0, 1.0)
         for label, parts in combos:
             base = label.removesuffix(" widened") if label in widened else label
             if base in means:
                 mean = means[base]
             elif base in inside_parts:
                 out, in_ = inside_parts[base]
-                mean = np.where(structures, means[in_], means[out])
+                mean = weight_in * means[in_] + (1.0 - weight_in) * means[out]
             else:
                 mean = np.average([doses[n] for n, _ in parts], axis=0, weights=[w for _, w in parts])
             means[base] = mean
