@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -21,6 +22,14 @@ def load_script(path: Path) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def run_script(path: Path, *args, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run a script (benchmarks/*.py) with this Python, its arguments as strings, the output captured
+    as text; the caller checks the return code."""
+    return subprocess.run(
+        [sys.executable, str(path), *map(str, args)], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _unpacked_openkbp(tmp_root: Path, pattern: str) -> Path:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
+from conftest import run_script
 from MambaDoseLib.model import MambaUNetConfig, MambaUNetV2, MambaUNetV2Ensemble
 from MambaDoseLib.weights import load_model, save_model
 
@@ -15,12 +14,7 @@ CHANNELS = ["ct", "ptv_map", "possible_dose_mask"]
 
 
 def _run(*args):
-    return subprocess.run(
-        [sys.executable, str(BENCH / "ensemble_members.py"), *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_script(BENCH / "ensemble_members.py", *args)
 
 
 def test_members_come_back_with_their_weights_config_and_summary(tmp_path):

@@ -3,13 +3,11 @@ reference (an oracle bound on what a model of the plan's level could gain)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import load_script
+from conftest import load_script, run_script
 from MambaDoseLib import openkbp
 from MambaDoseLib.phantom import make_phantom_folder
 
@@ -53,12 +51,8 @@ def test_cli_on_phantoms(tmp_path):
         make_phantom_folder(split / f"pt_{n}", seed=n)
         patient = openkbp.read_patient(split / f"pt_{n}")
         openkbp.write_sparse_dose(pred / f"pt_{n}.csv", 0.9 * patient.dose_gy)
-    done = subprocess.run(
-        [sys.executable, str(BENCH / "oracle_level.py"), str(split), str(pred)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    done = run_script(BENCH / "oracle_level.py", split, pred)
+    assert done.returncode == 0, done.stderr
     line = done.stdout.splitlines()[-1]
     assert line.startswith(f"{pred}: as predicted ")
     assert "scale 0.0000" in line and "oracle scale a 1.1111" in line

@@ -3,13 +3,11 @@ the sweep over stored predictions (``--folder``)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import load_script
+from conftest import load_script, run_script
 from MambaDoseLib import metrics, openkbp
 from MambaDoseLib.phantom import make_phantom_folder
 
@@ -33,12 +31,7 @@ def test_smoothing_inside_the_mask_keeps_a_constant_and_zero_outside():
 
 
 def _run(*args):
-    return subprocess.run(
-        [sys.executable, str(BENCH / "postprocess_sweep.py"), *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_script(BENCH / "postprocess_sweep.py", *args)
 
 
 def test_folder_sweep_scores_stored_predictions(tmp_path):

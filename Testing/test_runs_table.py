@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
+
+from conftest import run_script
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 HEADER = "epoch,train_loss,val_dose_score,val_dvh_score,lr,slices_per_s,epoch_time_s,val_dvh_score_pooled\n"
@@ -16,8 +16,7 @@ def _history(path: Path, rows: list[str]) -> Path:
 
 
 def _run(*args):
-    cmd = [sys.executable, str(BENCH / "runs_table.py"), *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    return run_script(BENCH / "runs_table.py", *args)
 
 
 def test_best_and_last_validated_epochs_and_diff(tmp_path):
