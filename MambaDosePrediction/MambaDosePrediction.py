@@ -310,6 +310,7 @@ class MambaDosePredictionWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
                 device=self._parameterNode.device,
                 tta=self._parameterNode.testTimeAugmentation,
                 widenPtvHotEnd=self._parameterNode.widenPtvHotEnd,
+                dvhModelPath=self.ui.dvhModelPathLineEdit.currentPath or None,
             )
         except Exception as exc:
             _showError("Dose prediction could not start", exc)
@@ -493,8 +494,10 @@ class MambaDosePredictionLogic(ScriptedLoadableModuleLogic):
         device: str = "auto",
         tta: bool = False,
         widenPtvHotEnd: bool = False,
+        dvhModelPath: str | None = None,
     ) -> PredictionJob:
-        """Read the inputs here (GUI thread) and run ``predict_dose`` in a worker thread."""
+        """Read the inputs here (GUI thread) and run ``predict_dose`` in a worker thread
+        (``dvhModelPath``: the optional DVH stream inside the structures, ``dvh_stream.compose``)."""
         from MambaDoseLib.predict import predict_dose
 
         ct, structures, targetGy = self.coreInputs(ctNode, segmentationNode, mapping, prescriptions)
@@ -510,6 +513,7 @@ class MambaDosePredictionLogic(ScriptedLoadableModuleLogic):
                 progress=progress,
                 cancel=cancel,
                 widen_ptv_hot_end=widenPtvHotEnd,
+                dvh_model_path=dvhModelPath,
             )
 
         return PredictionJob(run).start()
@@ -525,10 +529,19 @@ class MambaDosePredictionLogic(ScriptedLoadableModuleLogic):
         tta: bool = False,
         replace: bool = False,
         widenPtvHotEnd: bool = False,
+        dvhModelPath: str | None = None,
     ) -> dict[str, Any]:
         """Predict and add the outputs (blocking; for scripts and tests). Returns the output nodes."""
         job = self.startPrediction(
-            ctNode, segmentationNode, mapping, prescriptions, modelPath, device, tta, widenPtvHotEnd
+            ctNode,
+            segmentationNode,
+            mapping,
+            prescriptions,
+            modelPath,
+            device,
+            tta,
+            widenPtvHotEnd,
+            dvhModelPath,
         )
         return self.addOutputs(ctNode, job.wait(), replace)
 

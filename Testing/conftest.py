@@ -28,7 +28,7 @@ def run_script(path: Path, *args, timeout: float = 300) -> subprocess.CompletedP
     """Run a script (benchmarks/*.py) with this Python, its arguments as strings, the output captured
     as text; the caller checks the return code."""
     return subprocess.run(
-        [sys.executable, str(path), *map(str, args)], capture_output=True, text=True, timeout=timeout
+        [sys.executable, str(path), *map(str, args)], capture_output=True, encoding="utf-8", timeout=timeout
     )
 
 

@@ -91,7 +91,7 @@ def test_preprocess_cli_on_phantom_split(phantom_split, tmp_path):
         "--workers",
         "2",
     ]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(cmd, capture_output=True, encoding="utf-8", timeout=300)
     assert result.returncode == 0, result.stderr
     assert "cached 2 patients" in result.stdout
     assert C.list_cached(out) == ["pt_1", "pt_2"]
@@ -131,7 +131,7 @@ def test_preprocess_cli_bad_input(tmp_path):
         str(tmp_path / "nope"),
         str(tmp_path / "c"),
     ]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(cmd, capture_output=True, encoding="utf-8", timeout=120)
     assert result.returncode == 2
     assert "nope" in result.stderr and "Traceback" not in result.stderr
 

@@ -61,7 +61,7 @@ def _run(root, split, store, *args):
         str(store),
         *args,
     ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=root)
+    return subprocess.run(cmd, capture_output=True, encoding="utf-8", timeout=300, cwd=root)
 
 
 def _store_offset(folder: Path, split: Path, offset: float) -> None:

@@ -74,7 +74,7 @@ _MAIN = (
 def _evaluate(*args: str, full_cli: bool = False) -> subprocess.CompletedProcess:
     entry = ["-m", "MambaDoseLib.cli"] if full_cli else ["-c", _MAIN]  # -m: the `mambadose` dispatcher
     cmd = [sys.executable, *entry, "evaluate", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    return subprocess.run(cmd, capture_output=True, encoding="utf-8", timeout=120)
 
 
 def test_predictions_equal_to_reference_score_zero(split, tmp_path):
@@ -137,7 +137,7 @@ _PREDICT_MAIN = _MAIN.replace(
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", _PREDICT_MAIN, *args], capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", _PREDICT_MAIN, *args], capture_output=True, encoding="utf-8", timeout=300
     )
 
 

@@ -156,7 +156,7 @@ def _convert(*args: str | Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "MambaDoseLib.cli", "convert", *map(str, args)],
         capture_output=True,
-        text=True,
+        encoding="utf-8",
         timeout=120,
     )
 

@@ -16,7 +16,7 @@ def mambadose(*args: str | Path) -> subprocess.CompletedProcess:
     done = subprocess.run(
         [sys.executable, "-m", "MambaDoseLib.cli", *map(str, args)],
         capture_output=True,
-        text=True,
+        encoding="utf-8",
         timeout=600,
     )
     assert done.returncode == 0, f"mambadose {args[0]} failed:\n{done.stderr[-3000:]}"
@@ -79,7 +79,7 @@ def test_preprocess_train_resume_predict_evaluate(splits, tmp_path):
     bad = subprocess.run(
         [sys.executable, "-m", "MambaDoseLib.cli", "predict-openkbp", str(splits / "validation-pats"),
          str(tmp_path / "pred_bad"), "--model", str(model), "--views", "axial,oblique"],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, encoding="utf-8", timeout=600,
     )  # fmt: skip
     assert bad.returncode != 0 and "oblique" in bad.stderr and not (tmp_path / "pred_bad").exists()
 

@@ -1030,10 +1030,10 @@ def test_training_script_runs_the_cli_subset_with_its_exit_codes():
     if not _training_commands_importable():
         pytest.skip("a preprocess/train/evaluate command module is not in the tree yet")
     run = [sys.executable, str(TRAINING)]
-    ok = subprocess.run([*run, "train", "--help"], capture_output=True, text=True, timeout=60)
+    ok = subprocess.run([*run, "train", "--help"], capture_output=True, encoding="utf-8", timeout=60)
     assert ok.returncode == 0, ok.stderr
     assert "usage" in ok.stdout
-    wrong = subprocess.run([*run, "predict", "--help"], capture_output=True, text=True, timeout=60)
+    wrong = subprocess.run([*run, "predict", "--help"], capture_output=True, encoding="utf-8", timeout=60)
     assert wrong.returncode == 2 and "invalid choice" in wrong.stderr
 
 

@@ -441,11 +441,11 @@ def test_cli_trains_from_cache_folders(phantoms, tmp_path):
         "--time-limit",
         "0.001",
     ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    done = subprocess.run(cmd, capture_output=True, encoding="utf-8", timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "stopped at time limit, resume with --resume" in done.stderr
     assert (out / LAST).is_file() and (out / MODEL_BEST).is_file()
-    again = subprocess.run([*cmd[:-2], "--resume"], capture_output=True, text=True, timeout=240)
+    again = subprocess.run([*cmd[:-2], "--resume"], capture_output=True, encoding="utf-8", timeout=240)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "already built" in again.stderr  # features reused from --feature-cache
     assert torch.load(out / LAST, weights_only=True)["state"]["epoch"] == 2

@@ -20,7 +20,8 @@ network trained for the DVH score where the DVH metrics are taken and the dose-s
 around them (OUT and IN are --combo labels; widened like the others). ``--inside-ramp-mm R`` blends
 IN into OUT linearly over the first R mm outside the structures (the weight of IN falls from 1 on
 their edge to 0 at R mm; Euclidean distance, voxel spacing honoured), so the dose has no seam there;
-the DVH score, read inside, is unchanged.
+the DVH score, read inside, is unchanged (``dvh_stream.blend_inside``, the step of ``--dvh-model``
+in ``mambadose predict`` and ``predict-openkbp``).
 ``--roi-bias ROI:METRIC`` (e.g. ``RightParotid:mean``, ``PTV70:D_1``) prints, per combo, the mean
 signed error (prediction - reference, Gy) of that DVH metric over the patients that have the ROI.
 Every ``--combo`` is a voxel-wise weighted
@@ -56,8 +57,7 @@ from ensemble_eval import (  # this folder is on sys.path when run as a script
     named_model,
     parse_weighted,
 )
-from MambaDoseLib import calibration, inference, metrics, openkbp, rois
-from scipy import ndimage
+from MambaDoseLib import calibration, dvh_stream, inference, metrics, openkbp, rois
 
 
 def parse_combo(text: str, names: set[str]) -> tuple[str, list[tuple[str, float]]]:
@@ -229,18 +229,16 @@ def main() -> int:
             for n in used
         }
         means: dict[str, np.ndarray] = {}
-        structures = np.logical_or.reduce([np.asarray(m, bool) for m in patient.structures.values()])
-        weight_in = structures.astype(np.float64)
-        if inside_parts and args.inside_ramp_mm > 0:
-            distance = ndimage.distance_transform_edt(~structures, sampling=patient.spacing_mm)
-            weight_in = np.clip(1.0 - distance / args.inside_ramp_mm, 0.0, 1.0)
         for label, parts in combos:
             base = label.removesuffix(" widened") if label in widened else label
             if base in means:
                 mean = means[base]
             elif base in inside_parts:
                 out, in_ = inside_parts[base]
-                mean = weight_in * means[in_] + (1.0 - weight_in) * means[out]
+                mean = dvh_stream.blend_inside(
+                    means[out], means[in_], patient.structures, patient.possible_dose_mask,
+                    patient.spacing_mm, args.inside_ramp_mm,
+                )  # fmt: skip
             else:
                 mean = np.average([doses[n] for n, _ in parts], axis=0, weights=[w for _, w in parts])
             means[base] = mean

@@ -29,6 +29,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import RESEARCH_DISCLAIMER, __version__, geometry, names, report, rois
+from .dvh_stream import DEFAULT_RAMP_MM as DVH_STREAM_RAMP_MM
 from .errors import InputError, WeightsError
 from .geometry import Grid, Volume
 
@@ -66,7 +67,8 @@ class PredictionResult:
     timings: stage -> seconds. device: the torch device used. model_card: the weights' card.
     model_path: the weights file. tta: whether flip test-time augmentation was used.
     views: the slice orientations averaged. widen_ptv_hot_end: whether the targets' hot end was
-    widened (``calibration.widen_ptv_hot_tail``).
+    widened (``calibration.widen_ptv_hot_tail``). dvh_model_path / dvh_weight: the DVH stream's
+    model and weight inside the structures (``dvh_stream.compose``), None without one.
     warnings: the warnings raised on the way (also logged).
     ct: the CT (HU) as given; masks: used structures as bool Volumes on the CT grid.
     model_grid: the grid the model saw.
@@ -89,6 +91,8 @@ class PredictionResult:
     warnings: list[str] = field(default_factory=list)
     views: tuple[str, ...] = ("axial",)
     widen_ptv_hot_end: bool = False
+    dvh_model_path: str | None = None
+    dvh_weight: float | None = None
 
     @property
     def highest_prescription_gy(self) -> float:
@@ -369,6 +373,8 @@ def predict_dose(
     progress: Callable[[int, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
     widen_ptv_hot_end: bool = False,
+    dvh_model_path: str | Path | None = None,
+    dvh_weight: float | None = None,
 ) -> PredictionResult:
     """Predict the dose for a patient (research prediction, not a treatment plan).
 
@@ -383,10 +389,19 @@ def predict_dose(
     cancel(): checked between batches; returning True raises ``inference.PredictionCancelled``.
     widen_ptv_hot_end: widen the dose's hot end inside each target on the model grid
     (``calibration.widen_ptv_hot_tail``) before it goes back to the CT's grid.
+    dvh_model_path: a second model whose dose is mixed in inside the structures with ``dvh_weight``
+    (default ``dvh_stream.DEFAULT_WEIGHT``; ``dvh_stream.compose``, before the widening); it runs
+    with the same TTA, on its own card's views, on the main model's grid.
     Raises InputError (bad CT, no overlap, no target), WeightsError (missing/mismatched weights).
     """
-    from . import calibration, inference, metrics, weights
+    from . import calibration, dvh_stream, inference, metrics, weights
 
+    if dvh_model_path is None and dvh_weight is not None:
+        raise InputError("a DVH-stream weight needs a DVH-stream model")
+    if dvh_model_path is not None:
+        dvh_weight = dvh_stream.DEFAULT_WEIGHT if dvh_weight is None else float(dvh_weight)
+        if not 0.0 <= dvh_weight <= 1.0:
+            raise InputError(f"the DVH stream's weight must lie in [0, 1], got {dvh_weight}")
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     warn = _Warnings()
@@ -414,6 +429,12 @@ def predict_dose(
     model, card = weights.load_model(path, device=str(torch_device))
     views = inference.card_views(card) if views is None else inference.check_views(views)
     inference.check_slab_views(model, views)
+    dvh_path = None
+    if dvh_model_path is not None:
+        dvh_path = resolve_model_path(dvh_model_path)
+        dvh_model, dvh_card = weights.load_model(dvh_path, device=str(torch_device))
+        dvh_views = inference.card_views(dvh_card)
+        inference.check_slab_views(dvh_model, dvh_views)
     timings["load_model"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -432,6 +453,14 @@ def predict_dose(
     dose_ijk = inference.predict_patient(
         model, card, patient, device=torch_device, tta=tta, views=views, progress=progress, cancel=cancel
     )
+    if dvh_path is not None:
+        dvh_ijk = inference.predict_patient(
+            dvh_model, dvh_card, patient, device=torch_device, tta=tta, views=dvh_views, progress=progress,
+            cancel=cancel,
+        )  # fmt: skip
+        dose_ijk = dvh_stream.compose(
+            dose_ijk, dvh_ijk, patient.structures, patient.possible_dose_mask, patient.spacing_mm, dvh_weight
+        )
     if widen_ptv_hot_end:
         dose_ijk = calibration.widen_ptv_hot_tail(dose_ijk, patient.structures, patient.possible_dose_mask)
     timings["inference"] = time.perf_counter() - t
@@ -460,6 +489,8 @@ def predict_dose(
         tta=tta,
         views=tuple(views),
         widen_ptv_hot_end=widen_ptv_hot_end,
+        dvh_model_path=None if dvh_path is None else str(dvh_path),
+        dvh_weight=dvh_weight if dvh_path is not None else None,
         ct=ct,
         masks=masks,
         model_grid=grid,
@@ -597,6 +628,9 @@ def summary(
         "device": result.device,
         "tta": result.tta,
         "widen_ptv_hot_end": result.widen_ptv_hot_end,
+        "dvh_stream": None
+        if result.dvh_model_path is None
+        else {"model": result.dvh_model_path, "weight": result.dvh_weight, "ramp_mm": DVH_STREAM_RAMP_MM},
         "views": list(result.views),
         "ct_grid": _grid_dict(result.ct.grid),
         "model_grid": _grid_dict(result.model_grid),

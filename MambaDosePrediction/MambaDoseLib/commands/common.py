@@ -7,8 +7,8 @@ from pathlib import Path
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--model``, ``--device``, ``--tta``, ``--views`` and ``--widen-ptv-hot-end``: which weights
-    run where, and how."""
+    """``--model``, ``--device``, ``--tta``, ``--views``, ``--widen-ptv-hot-end``, ``--dvh-model``
+    and ``--dvh-weight``: which weights run where, and how."""
     parser.add_argument(
         "--model",
         type=Path,
@@ -41,3 +41,32 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "training plans (calibration.widen_ptv_hot_tail; shipped ensemble with --tta on OpenKBP "
         "validation: DVH score 1.686 instead of 1.730 Gy pooled, dose score 0.002 Gy higher)",
     )
+    parser.add_argument(
+        "--dvh-model",
+        type=Path,
+        metavar="FILE",
+        help="a second model (e.g. trained with --dvh-loss) whose dose is mixed in inside the structures "
+        "only, where the DVH metrics are read (dvh_stream.compose; 5 mm ramp outside them): the DVH "
+        "metrics follow it, the dose elsewhere stays --model's. No such model is shipped yet",
+    )
+    parser.add_argument(
+        "--dvh-weight",
+        type=float,
+        metavar="W",
+        help="share of --dvh-model's dose inside the structures, in [0, 1] (default 2/3: on OpenKBP "
+        "validation, the shipped ensemble with two DVH-term networks, widened: DVH score 1.636 instead "
+        "of 1.685 Gy pooled, dose score 0.006 Gy higher)",
+    )
+
+
+def dvh_stream_arguments(args: argparse.Namespace) -> tuple[Path | None, float]:
+    """``(--dvh-model, --dvh-weight)`` checked: a weight needs a model and lies in [0, 1]."""
+    from MambaDoseLib.dvh_stream import DEFAULT_WEIGHT
+    from MambaDoseLib.errors import InputError
+
+    if args.dvh_weight is not None and args.dvh_model is None:
+        raise InputError("--dvh-weight needs --dvh-model")
+    weight = DEFAULT_WEIGHT if args.dvh_weight is None else args.dvh_weight
+    if not 0.0 <= weight <= 1.0:
+        raise InputError(f"--dvh-weight must lie in [0, 1], got {weight}")
+    return args.dvh_model, weight

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_model_arguments
+from .common import add_model_arguments, dvh_stream_arguments
 
 HELP = "predict the dose for a CT + structures (NIfTI/NRRD/DICOM) and write dose, DVH metrics and figures"
 
@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from ..names import parse_rx
     from ..predict import check_output_dir, load_ct, load_structures
 
+    dvh_model, dvh_weight = dvh_stream_arguments(args)
     check_output_dir(args.out, args.overwrite)
     rx = parse_rx(args.rx)
     ct = load_ct(args.ct)
@@ -67,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         tta=args.tta,
         widen_ptv_hot_end=args.widen_ptv_hot_end,
+        dvh_model_path=dvh_model,
+        dvh_weight=dvh_weight if dvh_model is not None else None,
         views=parse_views(args.views) if args.views else None,
         overwrite=args.overwrite,
         progress_bar=not args.no_progress,
@@ -85,6 +88,8 @@ def predict_and_write(
     device: str = "auto",
     tta: bool = False,
     widen_ptv_hot_end: bool = False,
+    dvh_model_path: Path | None = None,
+    dvh_weight: float | None = None,
     views: list[str] | None = None,
     overwrite: bool = False,
     progress_bar: bool = True,
@@ -114,6 +119,8 @@ def predict_and_write(
             device=device,
             tta=tta,
             widen_ptv_hot_end=widen_ptv_hot_end,
+            dvh_model_path=dvh_model_path,
+            dvh_weight=dvh_weight,
             views=views,
             progress=progress,
         )
@@ -139,6 +146,8 @@ def print_summary(result, written: list[Path]) -> None:
     print(
         f"predicted on {result.device} in {result.timings['total']:.1f} s; max dose {result.dose.array.max():.1f} Gy"
     )
+    if result.dvh_model_path is not None:
+        print(f"inside the structures {result.dvh_weight:.3g} of the dose from {result.dvh_model_path}")
     print("wrote:")
     for path in written:
         print(f"  {path}")

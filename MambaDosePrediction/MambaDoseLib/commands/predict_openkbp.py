@@ -14,7 +14,7 @@ import logging
 import time
 from pathlib import Path
 
-from .common import add_model_arguments
+from .common import add_model_arguments, dvh_stream_arguments
 
 HELP = "predict the dose of every OpenKBP patient folder (pt_*) and write submission CSVs"
 
@@ -48,9 +48,10 @@ def _check_outputs(out_paths: list[Path], overwrite: bool) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from MambaDoseLib import RESEARCH_DISCLAIMER, calibration, inference, openkbp, weights
+    from MambaDoseLib import RESEARCH_DISCLAIMER, calibration, dvh_stream, inference, openkbp, weights
     from MambaDoseLib.errors import InputError
 
+    dvh_path, dvh_weight = dvh_stream_arguments(args)
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
     folders = openkbp.list_patient_dirs(args.patients_dir)
@@ -67,6 +68,12 @@ def run(args: argparse.Namespace) -> int:
     log.info(
         "model %s on device %s (%s), views %s", model_path, device, _device_name(device), ",".join(views)
     )
+    if dvh_path is not None:
+        dvh_path = weights.model_path_from_arg(dvh_path)
+        dvh_model, dvh_card = weights.load_model(dvh_path, device=device)
+        dvh_views = inference.card_views(dvh_card)
+        inference.check_slab_views(dvh_model, dvh_views)
+        log.info("DVH stream %s inside the structures, weight %.3g", dvh_path, dvh_weight)
     log.info(RESEARCH_DISCLAIMER)
     args.out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -77,6 +84,19 @@ def run(args: argparse.Namespace) -> int:
         dose_gy = inference.predict_patient(
             model, card, patient, device=device, tta=args.tta, batch_size=args.batch_size, views=views
         )
+        if dvh_path is not None:
+            dvh_gy = inference.predict_patient(
+                dvh_model, dvh_card, patient, device=device, tta=args.tta, batch_size=args.batch_size,
+                views=dvh_views,
+            )  # fmt: skip
+            dose_gy = dvh_stream.compose(
+                dose_gy,
+                dvh_gy,
+                patient.structures,
+                patient.possible_dose_mask,
+                patient.spacing_mm,
+                dvh_weight,
+            )
         if args.widen_ptv_hot_end:
             dose_gy = calibration.widen_ptv_hot_tail(dose_gy, patient.structures, patient.possible_dose_mask)
         openkbp.write_sparse_dose(out_path, dose_gy)
