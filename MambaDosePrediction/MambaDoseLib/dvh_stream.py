@@ -26,6 +26,8 @@ was chosen on those patients. No DVH model is shipped yet: train one with ``--dv
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -82,3 +84,40 @@ def compose(
     main = np.asarray(main_gy, np.float64)
     inside = (1.0 - weight) * main + weight * np.asarray(dvh_gy, np.float64)
     return blend_inside(main, inside, structures, possible_dose_mask, spacing_mm, ramp_mm)
+
+
+@dataclass(frozen=True)
+class Stream:
+    """A loaded DVH-stream model: weights, card, the views its card asks for, and its weight."""
+
+    model: Any
+    card: dict
+    views: tuple[str, ...]
+    weight: float
+    path: str
+
+
+def load(path, device, weight: float = DEFAULT_WEIGHT) -> Stream:
+    """Load the DVH-stream model at ``path`` (``weights.model_path_from_arg``) on ``device``."""
+    from . import inference, weights
+
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"the DVH stream's weight must lie in [0, 1], got {weight}")
+    path = weights.model_path_from_arg(path)
+    model, card = weights.load_model(path, device=str(device))
+    views = tuple(inference.card_views(card))
+    inference.check_slab_views(model, views)
+    return Stream(model, card, views, float(weight), str(path))
+
+
+def apply(stream: Stream, main_gy: np.ndarray, patient, **predict_kwargs) -> np.ndarray:
+    """Predict ``patient`` with the stream's model (``inference.predict_patient`` with
+    ``predict_kwargs``: device, tta, ...) and :func:`compose` it into ``main_gy``."""
+    from . import inference
+
+    dvh_gy = inference.predict_patient(
+        stream.model, stream.card, patient, views=stream.views, **predict_kwargs
+    )
+    return compose(
+        main_gy, dvh_gy, patient.structures, patient.possible_dose_mask, patient.spacing_mm, stream.weight
+    )

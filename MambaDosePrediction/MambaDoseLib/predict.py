@@ -429,12 +429,9 @@ def predict_dose(
     model, card = weights.load_model(path, device=str(torch_device))
     views = inference.card_views(card) if views is None else inference.check_views(views)
     inference.check_slab_views(model, views)
-    dvh_path = None
+    stream = None
     if dvh_model_path is not None:
-        dvh_path = resolve_model_path(dvh_model_path)
-        dvh_model, dvh_card = weights.load_model(dvh_path, device=str(torch_device))
-        dvh_views = inference.card_views(dvh_card)
-        inference.check_slab_views(dvh_model, dvh_views)
+        stream = dvh_stream.load(resolve_model_path(dvh_model_path), torch_device, dvh_weight)
     timings["load_model"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -453,13 +450,9 @@ def predict_dose(
     dose_ijk = inference.predict_patient(
         model, card, patient, device=torch_device, tta=tta, views=views, progress=progress, cancel=cancel
     )
-    if dvh_path is not None:
-        dvh_ijk = inference.predict_patient(
-            dvh_model, dvh_card, patient, device=torch_device, tta=tta, views=dvh_views, progress=progress,
-            cancel=cancel,
-        )  # fmt: skip
-        dose_ijk = dvh_stream.compose(
-            dose_ijk, dvh_ijk, patient.structures, patient.possible_dose_mask, patient.spacing_mm, dvh_weight
+    if stream is not None:
+        dose_ijk = dvh_stream.apply(
+            stream, dose_ijk, patient, device=torch_device, tta=tta, progress=progress, cancel=cancel
         )
     if widen_ptv_hot_end:
         dose_ijk = calibration.widen_ptv_hot_tail(dose_ijk, patient.structures, patient.possible_dose_mask)
@@ -489,8 +482,8 @@ def predict_dose(
         tta=tta,
         views=tuple(views),
         widen_ptv_hot_end=widen_ptv_hot_end,
-        dvh_model_path=None if dvh_path is None else str(dvh_path),
-        dvh_weight=dvh_weight if dvh_path is not None else None,
+        dvh_model_path=None if stream is None else stream.path,
+        dvh_weight=None if stream is None else stream.weight,
         ct=ct,
         masks=masks,
         model_grid=grid,

@@ -68,12 +68,9 @@ def run(args: argparse.Namespace) -> int:
     log.info(
         "model %s on device %s (%s), views %s", model_path, device, _device_name(device), ",".join(views)
     )
-    if dvh_path is not None:
-        dvh_path = weights.model_path_from_arg(dvh_path)
-        dvh_model, dvh_card = weights.load_model(dvh_path, device=device)
-        dvh_views = inference.card_views(dvh_card)
-        inference.check_slab_views(dvh_model, dvh_views)
-        log.info("DVH stream %s inside the structures, weight %.3g", dvh_path, dvh_weight)
+    stream = None if dvh_path is None else dvh_stream.load(dvh_path, device, dvh_weight)
+    if stream is not None:
+        log.info("DVH stream %s inside the structures, weight %.3g", stream.path, stream.weight)
     log.info(RESEARCH_DISCLAIMER)
     args.out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -84,18 +81,9 @@ def run(args: argparse.Namespace) -> int:
         dose_gy = inference.predict_patient(
             model, card, patient, device=device, tta=args.tta, batch_size=args.batch_size, views=views
         )
-        if dvh_path is not None:
-            dvh_gy = inference.predict_patient(
-                dvh_model, dvh_card, patient, device=device, tta=args.tta, batch_size=args.batch_size,
-                views=dvh_views,
-            )  # fmt: skip
-            dose_gy = dvh_stream.compose(
-                dose_gy,
-                dvh_gy,
-                patient.structures,
-                patient.possible_dose_mask,
-                patient.spacing_mm,
-                dvh_weight,
+        if stream is not None:
+            dose_gy = dvh_stream.apply(
+                stream, dose_gy, patient, device=device, tta=args.tta, batch_size=args.batch_size
             )
         if args.widen_ptv_hot_end:
             dose_gy = calibration.widen_ptv_hot_tail(dose_gy, patient.structures, patient.possible_dose_mask)
