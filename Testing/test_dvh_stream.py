@@ -128,7 +128,15 @@ def test_predict_dose_records_the_dvh_stream(phantoms, tmp_path):
     ct_path, structures_dir = write_phantom_inputs(tmp_path / "in", shape=(128, 128, 24))
     ct, structures = load_ct(ct_path), load_structures(structures_dir)
     plain = predict_dose(ct, structures, model_path=main_path, device="cpu")
-    both = predict_dose(ct, structures, model_path=main_path, device="cpu", dvh_model_path=dvh_path)
+    reports = []
+    both = predict_dose(
+        ct, structures, model_path=main_path, device="cpu", dvh_model_path=dvh_path,
+        progress=lambda done, total: reports.append((done, total)),
+    )  # fmt: skip
+    # one count over both passes: it never goes back and ends complete
+    assert [d for d, _ in reports] == sorted(d for d, _ in reports)
+    assert reports[-1][0] == reports[-1][1] == reports[0][1]  # both passes count the same slices
+    assert reports[0][0] <= reports[0][1] // 2
     assert plain.dvh_model_path is None and plain.dvh_weight is None
     assert both.dvh_model_path == str(dvh_path) and both.dvh_weight == pytest.approx(2.0 / 3.0)
     assert not np.allclose(plain.dose.array, both.dose.array, atol=0.01)

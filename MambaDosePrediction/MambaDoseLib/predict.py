@@ -447,12 +447,13 @@ def predict_dose(
     timings["resample_to_model_grid"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    first, second = _two_pass_progress(progress) if stream is not None else (progress, None)
     dose_ijk = inference.predict_patient(
-        model, card, patient, device=torch_device, tta=tta, views=views, progress=progress, cancel=cancel
+        model, card, patient, device=torch_device, tta=tta, views=views, progress=first, cancel=cancel
     )
     if stream is not None:
         dose_ijk = dvh_stream.apply(
-            stream, dose_ijk, patient, device=torch_device, tta=tta, progress=progress, cancel=cancel
+            stream, dose_ijk, patient, device=torch_device, tta=tta, progress=second, cancel=cancel
         )
     if widen_ptv_hot_end:
         dose_ijk = calibration.widen_ptv_hot_tail(dose_ijk, patient.structures, patient.possible_dose_mask)
@@ -489,6 +490,24 @@ def predict_dose(
         model_grid=grid,
         warnings=list(warn),
     )
+
+
+def _two_pass_progress(progress: Callable[[int, int], None] | None):
+    """Two ``progress(done, total)`` callbacks for a prediction in two passes (the main model, then
+    the DVH stream's) that report to one: the first counts its slices against twice its total, the
+    second continues where the first ended, so the count never goes back."""
+    if progress is None:
+        return None, None
+    first_total = [0]
+
+    def first(done: int, total: int) -> None:
+        first_total[0] = total
+        progress(done, 2 * total)
+
+    def second(done: int, total: int) -> None:
+        progress(first_total[0] + done, first_total[0] + total)
+
+    return first, second
 
 
 def _warn_far_prescriptions(rx: Mapping[str, float], roi_map: Mapping[str, str], warn: _Warnings) -> None:
