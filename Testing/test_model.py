@@ -306,12 +306,16 @@ def test_3d_network_mixes_every_slice_of_its_slab_and_keeps_slabs_apart(mixer: s
 
 
 def test_3d_network_trains_under_autocast_with_gradients_everywhere() -> None:
+    """bf16 autocast as on the GPU (training uses it on CUDA only), here on the CPU without oneDNN:
+    torch 2.13's oneDNN bf16 3D-convolution weight gradient came back NaN at times on these CPUs
+    (about 1 fresh process in 5, the first backward only; never with oneDNN off, never in float32)."""
     torch.manual_seed(10)
     model = MambaUNetV2(small_config(conv_dims=3, slab=8, grad_checkpoint=True, backend="torch"))
     x = torch.randn(8, 5, 16, 16)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = model(x).float().square().mean()
-    loss.backward()
+    with torch.backends.mkldnn.flags(enabled=False):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(x).float().square().mean()
+        loss.backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not missing
 
