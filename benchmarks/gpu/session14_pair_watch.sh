@@ -26,7 +26,7 @@ for n in "$@"; do
   f=/tmp/runs/$n/model_best.safetensors
   if [ -e $f ] && [ $(stat -c %s $f) -gt $((15 * 2**20)) ]; then
     rm -f $out/${n}_model_best.safetensors
-    python3 -c "import sys, torch; from MambaDoseLib.weights import load_model, save_model; m, c = load_model(sys.argv[1]); save_model(sys.argv[2], m, c, storage_dtype=torch.float16)" $f $out/${n}_half.safetensors
+    python3 benchmarks/gpu/half_copy.py $f $out/${n}_half.safetensors
   fi
 done
 for n in "$@"; do grep "epoch" /tmp/runs/$n.log | tail -3 | cut -c1-200; done

@@ -24,13 +24,8 @@ PY
 )
 echo "order: $order"
 tar czf $out/results.tgz -C $runs $(cd $runs && ls *.log */history.csv */model_best.json */train.log 2>/dev/null)
-python3 - $order <<'PY'
-import sys, torch
-from MambaDoseLib.weights import load_model, save_model
-for name in sys.argv[1:]:
-    model, card = load_model(f"/tmp/runs/{name}/model_best.safetensors")
-    save_model(f"/tmp/half/{name}.safetensors", model, card, storage_dtype=torch.float16)
-PY
+pairs=(); for name in $order; do pairs+=("/tmp/runs/$name/model_best.safetensors" "/tmp/half/$name.safetensors"); done
+[ ${#pairs[@]} -gt 0 ] && python3 benchmarks/gpu/half_copy.py "${pairs[@]}"
 # tarballs of whole runs (float16 weights + card), best first, each under 15 MiB; $OUT brings back
 # 16 MiB a file and about 64 MB a call, so tarballs past 56 MiB in all wait in /tmp/out_next for a
 # second call: `cp /tmp/out_next/* $OUT` (session 5 lost its best two runs' tarball to that limit
