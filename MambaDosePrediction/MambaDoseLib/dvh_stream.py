@@ -39,6 +39,11 @@ DEFAULT_WEIGHT: float = 2.0 / 3.0
 DEFAULT_RAMP_MM: float = 5.0
 
 
+def _check_weight(weight: float) -> None:
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"the DVH stream's weight must lie in [0, 1], got {weight}")
+
+
 def structure_weight(
     structures: Mapping[str, np.ndarray], spacing_mm: tuple[float, float, float], ramp_mm: float, shape
 ) -> np.ndarray:
@@ -79,8 +84,7 @@ def compose(
     ramp_mm: float = DEFAULT_RAMP_MM,
 ) -> np.ndarray:
     """The main model's dose with the DVH model's mixed in inside the structures (module doc)."""
-    if not 0.0 <= weight <= 1.0:
-        raise ValueError(f"the DVH stream's weight must lie in [0, 1], got {weight}")
+    _check_weight(weight)
     main = np.asarray(main_gy, np.float64)
     inside = (1.0 - weight) * main + weight * np.asarray(dvh_gy, np.float64)
     return blend_inside(main, inside, structures, possible_dose_mask, spacing_mm, ramp_mm)
@@ -101,8 +105,7 @@ def load(path, device, weight: float = DEFAULT_WEIGHT) -> Stream:
     """Load the DVH-stream model at ``path`` (``weights.model_path_from_arg``) on ``device``."""
     from . import inference, weights
 
-    if not 0.0 <= weight <= 1.0:
-        raise ValueError(f"the DVH stream's weight must lie in [0, 1], got {weight}")
+    _check_weight(weight)
     path = weights.model_path_from_arg(path)
     model, card = weights.load_model(path, device=str(device))
     views = tuple(inference.card_views(card))
