@@ -17,10 +17,15 @@ SHARED_DATA = Path(os.environ.get("MAMBADOSE_OPENKBP_DATA", REPO.parent / "share
 
 def load_script(path: Path) -> ModuleType:
     """A script that is not in a package (benchmarks/*.py, a Slicer module file) loaded as a module
-    named after its file; its ``if __name__ == "__main__"`` block does not run."""
+    named after its file; its ``if __name__ == "__main__"`` block does not run. Its folder is on
+    ``sys.path`` while it loads, as when it runs as a script, so it can import its neighbours."""
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
     return module
 
 

@@ -55,4 +55,4 @@ def test_folder_sweep_scores_stored_predictions(tmp_path):
     assert refused.returncode != 0 and "--model and --tta do not apply" in refused.stderr
     (pred / "pt_2.csv").unlink()
     missing = _run("--split", split, "--folder", pred)
-    assert missing.returncode != 0 and "no prediction pt_2.csv" in missing.stderr
+    assert missing.returncode != 0 and f"--folder {pred}: no stored prediction for pt_2" in missing.stderr

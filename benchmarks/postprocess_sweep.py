@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from ensemble_eval import check_stored  # this folder is on sys.path when run as a script
 from MambaDoseLib import inference, metrics, openkbp, weights
 from scipy import ndimage
 
@@ -57,18 +58,18 @@ def main() -> int:
     grid = [(float(k), float(ij)) for ij in args.inplane_sigmas.split(",") for k in args.sigmas.split(",")]
     if args.folder is not None and (args.model is not None or args.tta):
         raise SystemExit("--folder scores stored predictions: --model and --tta do not apply")
-    if args.folder is None:
+    folders = openkbp.list_patient_dirs(args.split)
+    if args.folder is not None:
+        check_stored(f"--folder {args.folder}", args.folder, folders, suffix=".csv")
+    else:
         model, card = weights.load_model(args.model or weights.default_model_path(), device="cpu")
         store = args.store / hashlib.sha1(f"{card['sha256']}{args.tta}".encode()).hexdigest()[:12]
         store.mkdir(parents=True, exist_ok=True)
     rows: dict[tuple[float, float], list] = {g: [] for g in grid}
-    for folder in openkbp.list_patient_dirs(args.split):
+    for folder in folders:
         patient = openkbp.read_patient(folder)
         if args.folder is not None:
-            csv = args.folder / f"{folder.name}.csv"
-            if not csv.is_file():
-                raise SystemExit(f"--folder {args.folder}: no prediction {csv.name} for {folder}")
-            pred = openkbp.read_sparse_dose(csv)
+            pred = openkbp.read_sparse_dose(args.folder / f"{folder.name}.csv")
         else:
             stored = store / f"{folder.name}.npy"
             if not stored.exists():
