@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -165,7 +166,7 @@ def test_predict_openkbp_writes_masked_submissions_and_refuses_overwrite(split, 
     args = ("predict-openkbp", str(one), str(out), "--model", str(tiny_weights), "--device", "cpu")
     done = _cli(*args, "--batch-size", "48")
     assert done.returncode == 0, done.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["pt_3.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["predict_openkbp.json", "pt_3.csv"]
     assert "device cpu" in done.stderr and "s (read + predict + write)" in done.stderr
     patient = openkbp.read_patient(split / "ref" / "pt_3")
     dose = openkbp.read_sparse_dose(out / "pt_3.csv")
@@ -219,3 +220,37 @@ def test_predict_openkbp_cuda_without_gpu_is_a_clear_error(split, tiny_weights, 
         "cuda",
     )
     assert done.returncode == 2 and "no CUDA GPU" in done.stderr
+
+
+def test_predict_openkbp_resume_predicts_only_the_missing_patients(split, tiny_weights, tmp_path):
+    """--resume keeps what a stopped run wrote and refuses predictions made another way."""
+    from MambaDoseLib import openkbp
+
+    out = tmp_path / "pred"
+    args = ("predict-openkbp", str(split / "ref"), str(out), "--model", str(tiny_weights), "--device", "cpu")
+    assert _cli(*args).returncode == 0
+    manifest = json.loads((out / "predict_openkbp.json").read_text())
+    assert (
+        manifest["tta"] is False
+        and len(manifest["model_sha256"]) == 64
+        and "research" in manifest["disclaimer"].lower()
+    )
+    kept = (out / "pt_3.csv").read_bytes()
+    (out / "pt_12.csv").unlink()  # as if the run had stopped before its last patient
+
+    done = _cli(*args, "--resume")
+    assert done.returncode == 0, done.stderr
+    assert "1 of 2 patient(s) left to predict" in done.stderr
+    assert (out / "pt_3.csv").read_bytes() == kept  # kept, not predicted again
+    patient = openkbp.read_patient(split / "ref" / "pt_12")
+    assert openkbp.read_sparse_dose(out / "pt_12.csv").shape == patient.possible_dose_mask.shape
+
+    other = _cli(*args, "--resume", "--tta")  # another way of predicting: refused, nothing written
+    assert other.returncode == 2 and "tta False -> True" in other.stderr
+    assert (out / "pt_3.csv").read_bytes() == kept
+
+    (out / "predict_openkbp.json").unlink()
+    unknown = _cli(*args, "--resume")
+    assert unknown.returncode == 2 and "predict_openkbp.json" in unknown.stderr
+    both = _cli(*args, "--resume", "--overwrite")
+    assert both.returncode == 2 and "not allowed with" in both.stderr
