@@ -76,6 +76,7 @@ class MambaDosePredictionParameterNode:
     testTimeAugmentation: bool = True  # measured better on OpenKBP validation (README)
     useEnsemble: bool = False
     widenPtvHotEnd: bool = False  # calibration.widen_ptv_hot_tail (README, "Session 12")
+    useDvhStream: bool = False  # the shipped DVH stream, dvh_stream.compose (README, "Session 20")
     replaceOutputs: bool = False
 
 
@@ -310,7 +311,8 @@ class MambaDosePredictionWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
                 device=self._parameterNode.device,
                 tta=self._parameterNode.testTimeAugmentation,
                 widenPtvHotEnd=self._parameterNode.widenPtvHotEnd,
-                dvhModelPath=self.ui.dvhModelPathLineEdit.currentPath or None,
+                dvhModelPath=self.ui.dvhModelPathLineEdit.currentPath
+                or ("dvh" if self._parameterNode.useDvhStream else None),
             )
         except Exception as exc:
             _showError("Dose prediction could not start", exc)

@@ -22,6 +22,8 @@ SHIPPED_MODEL = (
     "MambaUNetV2_OpenKBP.json",
     "MambaUNetV2_OpenKBP_ensemble.safetensors",
     "MambaUNetV2_OpenKBP_ensemble.json",
+    "MambaUNetV2_OpenKBP_dvh.safetensors",
+    "MambaUNetV2_OpenKBP_dvh.json",
 )
 
 _COMMAND = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*\(((?:[^()\"]|\"[^\"]*\")*)\)", re.S)

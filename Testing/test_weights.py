@@ -207,6 +207,20 @@ def test_shipped_models_load_and_agree_with_their_cards() -> None:
     assert dose < previous["validation"]["val_dose_score"]  # what replaced it is better
     assert card["training"]["validation"]["val_dose_score"] < dose  # the ensemble better still
     assert single.config.scan_directions == 1 and ensemble.members[0].config.scan_directions == 2
+    # the DVH stream (session 20): three 2D networks trained with the DVH term and without the
+    # Left/Right swap, none of them a member of the ensemble
+    dvh, dvh_card = load_model(models / "MambaUNetV2_OpenKBP_dvh.safetensors", backend="torch")
+    assert isinstance(dvh, MambaUNetV2Ensemble) and dvh_card["ensemble_size"] == 3
+    assert [(c.conv_dims, c.slab) for c in dvh.configs] == [(2, 1)] * 3
+    assert dvh_card["channels"] == list(CHANNELS) and dvh_card["storage_dtype"] == "float16"
+    dvh_members = dvh_card["training"]["members"]
+    recipes = [m["config"] for m in dvh_members]
+    assert all(r["dvh_loss_weight"] == 1.0 and not r["augment"]["swap_lr_channels"] for r in recipes)
+    assert not {m["sha256"] for m in dvh_members} & {m["sha256"] for m in card["training"]["members"]}
+    # as a model of its own it has the lower DVH score and the higher dose score
+    dvh_validation = dvh_card["training"]["validation"]
+    assert dvh_validation["val_dvh_score"] < card["training"]["validation"]["val_dvh_score"]
+    assert dvh_validation["val_dose_score"] > card["training"]["validation"]["val_dose_score"]
 
 
 def test_float16_storage_halves_the_file_and_loads_into_float32(tmp_path: Path) -> None:
@@ -255,6 +269,15 @@ def test_model_argument_names_a_file_or_the_shipped_ensemble(tmp_path: Path, mon
     monkeypatch.setattr(weights, "models_dir", lambda: tmp_path)
     with pytest.raises(WeightsError, match="ensemble is not installed"):
         weights.model_path_from_arg("ensemble")
+    with pytest.raises(WeightsError, match="DVH stream is not installed"):
+        weights.model_path_from_arg("dvh")
+
+
+def test_dvh_argument_names_the_shipped_dvh_stream(monkeypatch) -> None:
+    from MambaDoseLib import weights
+
+    monkeypatch.delenv(weights.MODEL_ENV, raising=False)
+    assert weights.model_path_from_arg("dvh") == weights.models_dir() / weights.DVH_MODEL_NAME
 
 
 def test_mixed_ensemble_of_2d_and_3d_members_round_trips_with_member_configs(tmp_path: Path) -> None:

@@ -7,6 +7,8 @@ MODELS = (
     "MambaUNetV2_OpenKBP.json",
     "MambaUNetV2_OpenKBP_ensemble.safetensors",
     "MambaUNetV2_OpenKBP_ensemble.json",
+    "MambaUNetV2_OpenKBP_dvh.safetensors",
+    "MambaUNetV2_OpenKBP_dvh.json",
 )
 
 

@@ -1,7 +1,7 @@
 """Join separately trained MambaUNetV2 models into one ensemble file (``model.MambaUNetV2Ensemble``).
 
     python benchmarks/ship_ensemble.py OUT.safetensors MEMBER.safetensors MEMBER.safetensors ...
-        [--views axial] [--validation EVALUATE_OUTPUT.txt] [--half]
+        [--views axial] [--validation EVALUATE_OUTPUT.txt [--validation-how TEXT]] [--half]
 
 A MEMBER that is itself an ensemble file adds each of its networks (and their summaries from its
 card's ``training.members``, marked ``from_ensemble``).
@@ -12,7 +12,9 @@ prediction runs the members of each slab size on their own and weighs them by nu
 member's training summary (without its per-epoch history) under ``training.members``; its
 ``views`` are ``--views`` (default: the first member's); ``--validation`` copies the dose score,
 DVH score and pooled DVH score from the output of ``mambadose evaluate`` run on the ensemble's
-predictions (``mambadose predict-openkbp ... --model OUT``), so the card states measured figures;
+predictions (``mambadose predict-openkbp ... --model OUT``), so the card states measured figures
+(``--validation-how`` adds how those predictions were made, e.g. ``--tta``, to the card's
+``validation_source``);
 ``--half`` stores the weights as float16 (half the file; the model computes in float32).
 """
 
@@ -50,10 +52,13 @@ def main() -> int:
     parser.add_argument("members", nargs="+", type=Path)
     parser.add_argument("--views", default=None)
     parser.add_argument("--validation", type=Path, default=None)
+    parser.add_argument("--validation-how", default=None, help="how --validation's predictions were made")
     parser.add_argument("--half", action="store_true", help="store the weights as float16 (half the file)")
     args = parser.parse_args()
     if len(args.members) < 2:
         raise SystemExit("an ensemble needs at least two members (an ensemble file counts as one)")
+    if args.validation_how and args.validation is None:
+        raise SystemExit("--validation-how needs --validation")
 
     loaded = [load_model(path) for path in args.members]
     first_card = loaded[0][1]
@@ -89,6 +94,8 @@ def main() -> int:
     if args.validation:
         training["validation"] = evaluate_figures(args.validation.read_text())
         training["validation_source"] = "mambadose evaluate on the ensemble's predict-openkbp output"
+        if args.validation_how:
+            training["validation_source"] += f" ({args.validation_how})"
     card = {
         "channels": first_card["channels"],
         "views": list(views),

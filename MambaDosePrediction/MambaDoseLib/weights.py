@@ -44,6 +44,16 @@ DEFAULT_MODEL_NAME = "MambaUNetV2_OpenKBP.safetensors"
 ENSEMBLE_MODEL_NAME = "MambaUNetV2_OpenKBP_ensemble.safetensors"
 #: What ``--model ensemble`` names.
 ENSEMBLE_ALIAS = "ensemble"
+#: The shipped DVH stream (since session 20): three 2D networks trained with the DVH term, for
+#: ``dvh_stream`` (``--dvh-model dvh``; README, "Session 20").
+DVH_MODEL_NAME = "MambaUNetV2_OpenKBP_dvh.safetensors"
+#: What ``--dvh-model dvh`` (or ``--model dvh``) names.
+DVH_ALIAS = "dvh"
+#: Shipped files a short name stands for, and how an error names them.
+SHIPPED_ALIASES = {
+    ENSEMBLE_ALIAS: (ENSEMBLE_MODEL_NAME, "ensemble"),
+    DVH_ALIAS: (DVH_MODEL_NAME, "DVH stream"),
+}
 MODEL_ENV = "MAMBADOSE_MODEL"
 
 
@@ -306,14 +316,16 @@ def models_dir() -> Path:
 
 
 def model_path_from_arg(value: str | os.PathLike | None) -> Path:
-    """A ``--model`` value -> weights file: None = ``default_model_path()``; ``"ensemble"`` = the
-    shipped ensemble (unless a file of that name exists); anything else is a path. Raises
-    WeightsError when the shipped file asked for is not there."""
+    """A ``--model`` / ``--dvh-model`` value -> weights file: None = ``default_model_path()``;
+    ``"ensemble"`` = the shipped ensemble, ``"dvh"`` = the shipped DVH stream (unless a file of that
+    name exists); anything else is a path. Raises WeightsError when the shipped file asked for is
+    not there."""
     if value is None:
         return default_model_path()
     path = Path(value)
-    if str(value) == ENSEMBLE_ALIAS and not path.exists():
-        path = models_dir() / ENSEMBLE_MODEL_NAME
+    if str(value) in SHIPPED_ALIASES and not path.exists():
+        name, what = SHIPPED_ALIASES[str(value)]
+        path = models_dir() / name
         if not path.is_file():
-            raise WeightsError(f"{path}: the shipped ensemble is not installed; pass --model FILE")
+            raise WeightsError(f"{path}: the shipped {what} is not installed; pass a weights FILE")
     return path

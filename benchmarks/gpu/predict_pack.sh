@@ -14,7 +14,7 @@ for spec in "$@"; do
   rm -rf "/tmp/pred_$label"; start=$SECONDS
   python3 -m MambaDoseLib.cli predict-openkbp /tmp/valpats "/tmp/pred_$label" --model "$file" \
     --device cuda $tta --batch-size 64 2> "/tmp/predict_$label.log"
-  echo "$label: $file $tta, $(ls "/tmp/pred_$label" | wc -l) patients in $((SECONDS - start)) s" | tee "$out/eval_$label.txt"
+  echo "$label: $file $tta, $(ls "/tmp/pred_$label"/pt_*.csv | wc -l) patients in $((SECONDS - start)) s" | tee "$out/eval_$label.txt"
   python3 -m MambaDoseLib.cli evaluate /tmp/valpats "/tmp/pred_$label" --breakdown >> "$out/eval_$label.txt" 2> /dev/null
   tail -n 2 "$out/eval_$label.txt"
   python3 benchmarks/pack_predictions.py pack "/tmp/pred_$label" "$out/$label.npz"

@@ -47,15 +47,16 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="a second model (e.g. trained with --dvh-loss) whose dose is mixed in inside the structures "
         "only, where the DVH metrics are read (dvh_stream.compose; 5 mm ramp outside them): the DVH "
-        "metrics follow it, the dose elsewhere stays --model's. No such model is shipped yet",
+        "metrics follow it, the dose elsewhere stays --model's; 'dvh': the shipped DVH stream (three "
+        "DVH-term networks)",
     )
     parser.add_argument(
         "--dvh-weight",
         type=float,
         metavar="W",
         help="share of --dvh-model's dose inside the structures, in [0, 1] (default 2/3: on OpenKBP "
-        "validation, the shipped ensemble with two DVH-term networks, widened: DVH score 1.636 instead "
-        "of 1.685 Gy pooled, dose score 0.006 Gy higher)",
+        "validation, the shipped ensemble and DVH stream with --tta, widened: DVH score 1.647 instead "
+        "of 1.684 Gy pooled, dose score 0.006 Gy higher)",
     )
 
 
