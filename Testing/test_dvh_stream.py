@@ -13,6 +13,7 @@ from MambaDoseLib.features import CHANNELS
 from MambaDoseLib.model import MambaUNetConfig, MambaUNetV2
 from MambaDoseLib.phantom import make_phantom_folder
 from MambaDoseLib.weights import save_model
+from scipy import ndimage
 
 
 def _volume_with_a_box():
@@ -145,3 +146,32 @@ def test_predict_dose_records_the_dvh_stream(phantoms, tmp_path):
     assert summary(plain)["dvh_stream"] is None
     with pytest.raises(InputError, match="needs a DVH-stream model"):
         predict_dose(ct, structures, model_path=main_path, device="cpu", dvh_weight=0.5)
+
+
+def test_predict_with_the_shipped_dvh_stream(tmp_path):
+    """``mambadose predict --dvh-model dvh``: the shipped DVH stream (three DVH-term networks)
+    mixed into the shipped network's dose inside the structures, and recorded in summary.json."""
+    import SimpleITK as sitk
+    from MambaDoseLib import weights
+    from MambaDoseLib.commands.demo import write_phantom_inputs
+
+    ct_path, structures_dir = write_phantom_inputs(tmp_path / "in", shape=(128, 128, 24))
+    common = ["predict", "--ct", str(ct_path), "--structures", str(structures_dir), "--device", "cpu"]
+    assert cli.main([*common, "--out", str(tmp_path / "plain")]) == 0
+    assert cli.main([*common, "--out", str(tmp_path / "dvh"), "--dvh-model", "dvh"]) == 0
+    stream = json.loads((tmp_path / "dvh" / "summary.json").read_text())["dvh_stream"]
+    assert stream["model"] == str(weights.models_dir() / weights.DVH_MODEL_NAME)
+    assert stream["weight"] == pytest.approx(2.0 / 3.0) and stream["ramp_mm"] == 5.0
+    plain, mixed = (
+        sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / d / "dose.nii.gz"))) for d in ("plain", "dvh")
+    )
+    masks = [sitk.ReadImage(str(f)) for f in sorted(structures_dir.glob("*.nii.gz"))]
+    ptv = sitk.GetArrayFromImage(sitk.ReadImage(str(structures_dir / "PTV_70.nii.gz"))) > 0
+    assert np.abs(mixed[ptv] - plain[ptv]).mean() > 0.05  # another dose inside the structures
+    assert mixed.max() < 1.3 * plain.max() and mixed[ptv].mean() == pytest.approx(plain[ptv].mean(), rel=0.1)
+    # far (> 15 mm: the 5 mm ramp and the resampling to the model's grid and back) from every
+    # structure the dose is the main model's
+    union = np.logical_or.reduce([sitk.GetArrayFromImage(m) > 0 for m in masks])
+    far = ndimage.distance_transform_edt(~union, sampling=masks[0].GetSpacing()[::-1]) > 15.0
+    assert far.sum() > 1000
+    np.testing.assert_allclose(mixed[far], plain[far], atol=1e-3)
