@@ -499,7 +499,8 @@ class MambaDosePredictionLogic(ScriptedLoadableModuleLogic):
         dvhModelPath: str | None = None,
     ) -> PredictionJob:
         """Read the inputs here (GUI thread) and run ``predict_dose`` in a worker thread
-        (``dvhModelPath``: the optional DVH stream inside the structures, ``dvh_stream.compose``)."""
+        (``dvhModelPath``: the optional DVH stream inside the structures, ``dvh_stream.compose``;
+        ``"dvh"``: the shipped one)."""
         from MambaDoseLib.predict import predict_dose
 
         ct, structures, targetGy = self.coreInputs(ctNode, segmentationNode, mapping, prescriptions)

@@ -22,8 +22,9 @@ flip TTA as the main model, the mean of two DVH-term networks as the DVH model, 
 1.694 / 1.685 Gy for the ensemble alone (widened), dose score 2.695 against 2.689 Gy. The weight
 was chosen on those patients. Session 20 checked that choice on three networks trained afterwards
 (``Resources/Models/MambaUNetV2_OpenKBP_dvh.safetensors``, shipped; ``--dvh-model dvh``): DVH
-score 1.647 Gy pooled against 1.684 Gy, dose score +0.006 Gy, lower on both alternate halves of
-the patients (README, "Session 20"). Train your own with ``mambadose train --dvh-loss 1``.
+score 1.648 Gy pooled against 1.684 Gy, dose score 2.695 against 2.689 Gy (through
+``predict-openkbp``), lower on both alternate halves of the patients (README, "Session 20").
+Train your own with ``mambadose train --dvh-loss 1``.
 """
 
 from __future__ import annotations
