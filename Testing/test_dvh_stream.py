@@ -165,13 +165,15 @@ def test_predict_with_the_shipped_dvh_stream(tmp_path):
     plain, mixed = (
         sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / d / "dose.nii.gz"))) for d in ("plain", "dvh")
     )
-    masks = [sitk.ReadImage(str(f)) for f in sorted(structures_dir.glob("*.nii.gz"))]
-    ptv = sitk.GetArrayFromImage(sitk.ReadImage(str(structures_dir / "PTV_70.nii.gz"))) > 0
+    images = {f.name: sitk.ReadImage(str(f)) for f in sorted(structures_dir.glob("*.nii.gz"))}
+    masks = {name: sitk.GetArrayFromImage(image) > 0 for name, image in images.items()}
+    ptv = masks["PTV_70.nii.gz"]
     assert np.abs(mixed[ptv] - plain[ptv]).mean() > 0.05  # another dose inside the structures
     assert mixed.max() < 1.3 * plain.max() and mixed[ptv].mean() == pytest.approx(plain[ptv].mean(), rel=0.1)
     # far (> 15 mm: the 5 mm ramp and the resampling to the model's grid and back) from every
     # structure the dose is the main model's
-    union = np.logical_or.reduce([sitk.GetArrayFromImage(m) > 0 for m in masks])
-    far = ndimage.distance_transform_edt(~union, sampling=masks[0].GetSpacing()[::-1]) > 15.0
+    union = np.logical_or.reduce(list(masks.values()))
+    spacing = images["PTV_70.nii.gz"].GetSpacing()[::-1]
+    far = ndimage.distance_transform_edt(~union, sampling=spacing) > 15.0
     assert far.sum() > 1000
     np.testing.assert_allclose(mixed[far], plain[far], atol=1e-3)
