@@ -32,7 +32,15 @@ def test_members_join_with_their_summaries_and_the_measured_figures(tmp_path: Pa
     evaluation.write_text(EVALUATE_TAIL, encoding="utf-8")
     out = tmp_path / "ens.safetensors"
     done = run_script(
-        SCRIPT, out, *members, "--half", "--validation", evaluation, "--validation-how=--tta, CPU"
+        SCRIPT,
+        out,
+        *members,
+        "--half",
+        "--validation",
+        evaluation,
+        "--validation-how=--tta, CPU",
+        "--code-commit",
+        "a" * 40,
     )
     assert done.returncode == 0, done.stderr
     ensemble, card = load_model(out)
@@ -47,6 +55,7 @@ def test_members_join_with_their_summaries_and_the_measured_figures(tmp_path: Pa
     assert training["validation_source"].endswith("predict-openkbp output (--tta, CPU)")
     assert [m["config"]["seed"] for m in training["members"]] == [1, 2]
     assert all("run_history" not in m for m in training["members"])
+    assert training["code_commit"] == "a" * 40
     x = torch.randn(1, 3, 16, 16)
     with torch.no_grad():  # the ensemble's output is its members' mean (float16 storage: close)
         mean = sum(load_model(m)[0](x) for m in members) / 2

@@ -218,6 +218,7 @@ def test_shipped_models_load_and_agree_with_their_cards() -> None:
     assert all(r["dvh_loss_weight"] == 1.0 and not r["augment"]["swap_lr_channels"] for r in recipes)
     assert not {m["sha256"] for m in dvh_members} & {m["sha256"] for m in card["training"]["members"]}
     # as a model of its own it has the lower DVH score and the higher dose score
+    assert len(dvh_card["training"]["code_commit"]) == 40  # the commit they were trained from
     dvh_validation = dvh_card["training"]["validation"]
     assert dvh_validation["val_dvh_score"] < card["training"]["validation"]["val_dvh_score"]
     assert dvh_validation["val_dose_score"] > card["training"]["validation"]["val_dose_score"]

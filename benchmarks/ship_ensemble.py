@@ -2,6 +2,7 @@
 
     python benchmarks/ship_ensemble.py OUT.safetensors MEMBER.safetensors MEMBER.safetensors ...
         [--views axial] [--validation EVALUATE_OUTPUT.txt [--validation-how TEXT]] [--half]
+        [--code-commit SHA]
 
 A MEMBER that is itself an ensemble file adds each of its networks (and their summaries from its
 card's ``training.members``, marked ``from_ensemble``).
@@ -15,7 +16,9 @@ DVH score and pooled DVH score from the output of ``mambadose evaluate`` run on 
 predictions (``mambadose predict-openkbp ... --model OUT``), so the card states measured figures
 (``--validation-how`` adds how those predictions were made, e.g. ``--tta``, to the card's
 ``validation_source``);
-``--half`` stores the weights as float16 (half the file; the model computes in float32).
+``--half`` stores the weights as float16 (half the file; the model computes in float32);
+``--code-commit`` records the commit the members were trained from (``training.code_commit``, as
+``ship_model.py`` does: the GPU copy of the tree carries no git history to read it there).
 """
 
 from __future__ import annotations
@@ -54,6 +57,12 @@ def main() -> int:
     parser.add_argument("--validation", type=Path, default=None)
     parser.add_argument("--validation-how", default=None, help="how --validation's predictions were made")
     parser.add_argument("--half", action="store_true", help="store the weights as float16 (half the file)")
+    parser.add_argument(
+        "--code-commit",
+        default=None,
+        metavar="SHA",
+        help="the commit of this repository the members were trained from",
+    )
     args = parser.parse_args()
     if len(args.members) < 2:
         raise SystemExit("an ensemble needs at least two members (an ensemble file counts as one)")
@@ -96,6 +105,8 @@ def main() -> int:
         training["validation_source"] = "mambadose evaluate on the ensemble's predict-openkbp output"
         if args.validation_how:
             training["validation_source"] += f" ({args.validation_how})"
+    if args.code_commit:
+        training["code_commit"] = args.code_commit
     card = {
         "channels": first_card["channels"],
         "views": list(views),
