@@ -75,8 +75,8 @@ class MambaDosePredictionParameterNode:
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     testTimeAugmentation: bool = True  # measured better on OpenKBP validation (README)
     useEnsemble: bool = False
-    widenPtvHotEnd: bool = False  # calibration.widen_ptv_hot_tail (README, "Session 12")
-    useDvhStream: bool = False  # the shipped DVH stream, dvh_stream.compose (README, "Session 20")
+    widenPtvHotEnd: bool = False  # calibration.widen_ptv_hot_tail (docs/experiments.md, "Session 12")
+    useDvhStream: bool = False  # shipped DVH stream, dvh_stream.compose (docs/experiments.md, "Session 20")
     replaceOutputs: bool = False
 
 

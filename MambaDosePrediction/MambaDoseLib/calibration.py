@@ -4,7 +4,7 @@ A network trained on a voxel-wise L1 loss predicts, in every voxel, the median o
 where a plan's hot spots fall inside a PTV is hard to foresee, so the predicted target dose is more
 homogeneous than a plan's. On the 33 OpenKBP validation patients the shipped ensemble's hottest 1 %
 of every PTV (D_1) is 1.4-1.7 Gy too cold and its mean PTV homogeneity index 0.131 against the
-plans' 0.158 (README, "Session 12").
+plans' 0.158 (docs/experiments.md, "Session 12").
 
 :func:`widen_ptv_hot_tail` stretches the upper half of the dose distribution inside each target
 so that its spread is at least the training plans' mean spread. Targets are taken from the highest

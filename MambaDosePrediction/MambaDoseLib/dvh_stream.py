@@ -16,14 +16,15 @@ with ``w`` = 1 inside the union of the structures, falling linearly to 0 over th
 their edges, and the result zero outside the possible-dose mask. The DVH metrics of the result
 are those of ``inside``; only the dose score pays for the structures' voxels.
 
-Measured on the 33 OpenKBP validation patients (README, "Session 18"): the shipped ensemble with
-flip TTA as the main model, the mean of two DVH-term networks as the DVH model, weight 2/3, ramp
-5 mm, then the PTV hot-end widening: DVH score 1.648 Gy per patient and 1.636 Gy pooled against
-1.694 / 1.685 Gy for the ensemble alone (widened), dose score 2.695 against 2.689 Gy. The weight
-was chosen on those patients. Session 20 checked that choice on three networks trained afterwards
-(``Resources/Models/MambaUNetV2_OpenKBP_dvh.safetensors``, shipped; ``--dvh-model dvh``): DVH
-score 1.648 Gy pooled against 1.684 Gy, dose score 2.695 against 2.689 Gy (through
-``predict-openkbp``), lower on both alternate halves of the patients (README, "Session 20").
+Measured on the 33 OpenKBP validation patients (docs/experiments.md, "Session 18"): the shipped
+ensemble with flip TTA as the main model, the mean of two DVH-term networks as the DVH model, weight
+2/3, ramp 5 mm, then the PTV hot-end widening: DVH score 1.648 Gy per patient and 1.636 Gy pooled
+against 1.694 / 1.685 Gy for the ensemble alone (widened), dose score 2.695 against 2.689 Gy. The
+weight was chosen on those patients. Session 20 checked that choice on three networks trained
+afterwards (``Resources/Models/MambaUNetV2_OpenKBP_dvh.safetensors``, shipped; ``--dvh-model dvh``):
+DVH score 1.648 Gy pooled against 1.684 Gy, dose score 2.695 against 2.689 Gy (through
+``predict-openkbp``), lower on both alternate halves of the patients (docs/experiments.md,
+"Session 20").
 Train your own with ``mambadose train --dvh-loss 1``.
 """
 

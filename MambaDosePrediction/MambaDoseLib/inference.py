@@ -468,8 +468,8 @@ def card_tta_swaps_lr(card: Mapping[str, Any]) -> bool:
     As its training's mirror did: ``False`` only for a network trained with the left-right flip and
     without the swap (``mambadose train --no-lr-swap``, card ``training.config.augment``), which saw
     mirrored patients with their names kept and ties a structure's dose to its name (e.g. the left
-    parotid's stronger sparing in OpenKBP, README "Sessions 13-15"); swapping under the TTA would
-    average that away. ``True`` for every other card, including those that do not record their
+    parotid's stronger sparing in OpenKBP, docs/experiments.md "Sessions 13-15"); swapping under the
+    TTA would average that away. ``True`` for every other card, including those that do not record their
     augmentation and networks trained without the flip (for them the swapped mirror is the input
     that looks like an unmirrored patient).
     """

@@ -40,12 +40,12 @@ CARD_FORMAT = "mambadose-model/1"
 ARCHITECTURE = "MambaUNetV2"
 DEFAULT_MODEL_NAME = "MambaUNetV2_OpenKBP.safetensors"
 #: The shipped ensemble: five 2D MambaUNetV2 and one 3D (since session 8; better on validation,
-#: about 7x slower on a CPU than the single network; README, "The shipped ensemble").
+#: about 7x slower on a CPU than the single network; docs/experiments.md, "Session 9").
 ENSEMBLE_MODEL_NAME = "MambaUNetV2_OpenKBP_ensemble.safetensors"
 #: What ``--model ensemble`` names.
 ENSEMBLE_ALIAS = "ensemble"
 #: The shipped DVH stream (since session 20): three 2D networks trained with the DVH term, for
-#: ``dvh_stream`` (``--dvh-model dvh``; README, "Session 20").
+#: ``dvh_stream`` (``--dvh-model dvh``; docs/experiments.md, "Session 20").
 DVH_MODEL_NAME = "MambaUNetV2_OpenKBP_dvh.safetensors"
 #: What ``--dvh-model dvh`` (or ``--model dvh``) names.
 DVH_ALIAS = "dvh"

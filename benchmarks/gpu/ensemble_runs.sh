@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Independent MambaUNetV2 runs, one per GPU (different seeds), for an ensemble (README, "The ensemble"),
-# started in the background so that they outlive the call that starts them. Same data path as
-# multiview_runs.sh: needs /tmp/cache/{train,val} and `source benchmarks/gpu/setup.sh`, run from a
-# copy of the repository that stays put (e.g. /tmp/code). Extra training options (e.g. --ema 0.999
-# --loss-beta 0.01) follow the epoch count.
+# Independent MambaUNetV2 runs, one per GPU (different seeds), for an ensemble
+# (docs/experiments.md, "Session 2's ensemble of three"), started in the background so that they
+# outlive the call that starts them. Same data path as multiview_runs.sh: needs
+# /tmp/cache/{train,val} and `source benchmarks/gpu/setup.sh`, run from a copy of the repository
+# that stays put (e.g. /tmp/code). Extra training options (e.g. --ema 0.999 --loss-beta 0.01)
+# follow the epoch count.
 #   bash benchmarks/gpu/ensemble_runs.sh TIME_LIMIT_S EPOCHS [TRAIN OPTIONS...]
 # Afterwards: python benchmarks/ship_ensemble.py OUT.safetensors /tmp/runs/seed*/model_best.safetensors
 set -u

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Session-2 training runs on one 4-GPU machine (README, "Training and results"), started in the
+# Session-2 training runs on one 4-GPU machine (docs/experiments.md, "Session 2"), started in the
 # background so that they outlive the call that starts them:
 #   GPU 0    MambaUNetV2 on axial + coronal + sagittal slices, 1 GPU
 #   GPU 1,2  the same on 2 GPUs (torchrun, DDP): its slices/s against GPU 0's, same host, same time,

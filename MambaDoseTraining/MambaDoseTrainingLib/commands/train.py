@@ -169,7 +169,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=0.0,
         help="probability of the anterior-posterior flip (default 0: a patient lying face down is not in "
-        "the data; at 0.5, five seeds: dose score the same, DVH score 0.07 Gy worse, README 'Session 17')",
+        "the data; at 0.5, five seeds: dose score the same, DVH score 0.07 Gy worse, "
+        "docs/experiments.md 'Session 17')",
     )
     aug.add_argument(
         "--transpose-p",
@@ -177,7 +178,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         help="probability of exchanging the two in-plane axes (a quarter turn and a mirror; with both "
         "flips at 0.5, all eight symmetries of the square; default 0; with them, three seeds: DVH score "
-        "0.12 Gy worse, README 'Session 17')",
+        "0.12 Gy worse, docs/experiments.md 'Session 17')",
     )
     aug.add_argument(
         "--lr-swap",
@@ -186,7 +187,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="swap the Left/Right structure channels on a left-right flip (default: off since "
         "session 16: a mirrored patient keeps its names, so the plans' name-tied left-right "
         "differences, e.g. the left parotid's stronger sparing, can be learnt; five seeds "
-        "each, DVH score 0.08 Gy better without the swap, dose score equal; README 'Session 16')",
+        "each, DVH score 0.08 Gy better without the swap, dose score equal; "
+        "docs/experiments.md 'Session 16')",
     )
     aug.add_argument("--rotate-p", type=float, default=0.3)
     aug.add_argument("--rotate-deg", type=float, default=10.0)
