@@ -28,3 +28,18 @@ chain() {  # GPU "NAME SEED ARGS..." ...
   done
   CUDA_VISIBLE_DEVICES=$gpu setsid nohup bash -c "$cmds" > /dev/null 2>&1 < /dev/null &
 }
+# the chains named in RUNS on GPU 0 (sessions 14-21): "a+b c" runs a then b, and c beside them; each
+# name a key of the caller's associative array `recipe` ("NAME SEED ARGS...")
+start_chains() {  # "RUNS"
+  local want n; local -a specs names
+  for want in $1; do
+    specs=(); IFS=+ read -ra names <<< "$want"
+    for n in "${names[@]}"; do
+      [ -n "${recipe[$n]:-}" ] || { echo "unknown run: $n (known: ${!recipe[*]})" >&2; return 1; }
+      specs+=("${recipe[$n]}")
+    done
+    chain 0 "${specs[@]}"
+  done
+  sleep 2
+  echo "started: $(ls $runs/*.log | wc -l) logs"
+}

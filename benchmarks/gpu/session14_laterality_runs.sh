@@ -55,10 +55,4 @@ done
 recipe[h1]="h1 1601 $d3 --no-lr-swap --dvh-loss 2"
 for k in 1 2 3 4 5 6 7 8 9; do recipe[v$k]="v$k $((1500 + k)) $d2 --no-lr-swap --dvh-loss 1"; done
 for k in 8 9; do recipe[u$k]="u$k $((1398 + k)) $d2 --no-lr-swap"; done
-for want in $runs_wanted; do
-  specs=(); IFS=+ read -ra names <<< "$want"
-  for n in "${names[@]}"; do specs+=("${recipe[$n]}"); done
-  chain 0 "${specs[@]}"
-done
-sleep 2
-echo "started: $(ls $runs/*.log | wc -l) logs"
+start_chains "$runs_wanted"

@@ -28,10 +28,4 @@ for n in 21 42 84; do
   recipe[p${n}a]="p${n}a 2101 $d2 $steps"
   recipe[p${n}b]="p${n}b 2102 $d2 $steps"
 done
-for want in $runs_wanted; do
-  specs=(); IFS=+ read -ra names <<< "$want"
-  for n in "${names[@]}"; do specs+=("${recipe[$n]}"); done
-  chain 0 "${specs[@]}"
-done
-sleep 2
-echo "started: $(ls $runs/*.log | wc -l) logs"
+start_chains "$runs_wanted"
