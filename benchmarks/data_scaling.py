@@ -1,7 +1,7 @@
 """A learning curve: the validation dose score of training runs against their number of training patients.
 
     python benchmarks/data_scaling.py N=HISTORY.csv [N=HISTORY.csv ...] [--target GY ...]
-        [--which best|last] [--bootstrap 2000] [--seed 0]
+        [--which best|last] [--bootstrap 2000] [--seed 0] [--plot CURVE.png]
 
 Each argument is one run: its number of training patients and its ``history.csv`` (``mambadose
 train``'s per-epoch log; the run's best validated epoch by the dose score, as training keeps it, or
@@ -111,6 +111,45 @@ def bootstrap(
     return out
 
 
+def plot_curve(
+    path: Path,
+    n: np.ndarray,
+    s: np.ndarray,
+    fitted: dict[str, tuple[float, float, float]],
+    targets: list[float],
+) -> Path:
+    """The learning curve as a PNG (written atomically): runs, means per N, fits, targets."""
+    from MambaDoseLib.report import atomic_write
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 5.0), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.scatter(n, s, s=14, color="#888888", label="runs", zorder=3)
+    groups = np.unique(n)
+    ax.plot(groups, [s[n == v].mean() for v in groups], "ko", label="mean per N", zorder=4)
+    grid = np.geomspace(groups[0], 4 * groups[-1], 200)
+    styles = {"power": ("#1f77b4", "power law"), "floor": ("#d62728", "power law with a floor")}
+    for name, params in fitted.items():
+        colour, label = styles[name]
+        ax.plot(grid, [predict(params, v) for v in grid], color=colour, label=label)
+    for target in targets:
+        ax.axhline(target, color="#2ca02c", linestyle=":", linewidth=1)
+        ax.annotate(f"{target:.3f} Gy", (grid[0], target), color="#2ca02c", fontsize=8, va="bottom")
+    ax.axvline(groups[-1], color="#999999", linestyle="--", linewidth=0.8)
+    ax.set_xscale("log")
+    ticks = [*groups, 2 * groups[-1], 4 * groups[-1]]
+    ax.set_xticks(ticks, [f"{v:.0f}" for v in ticks])
+    ax.set_xticks([], minor=True)
+    ax.set_xlabel("training patients")
+    ax.set_ylabel("validation dose score (Gy)")
+    ax.set_title("Dose score against the number of training patients")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png"))
+
+
 def _fmt_n(value: float) -> str:
     return "never" if math.isinf(value) else f"{value:,.0f}"
 
@@ -122,6 +161,7 @@ def main() -> int:
     parser.add_argument("--which", choices=("best", "last"), default="best")
     parser.add_argument("--bootstrap", type=int, default=2000, help="resamples for the intervals (0: none)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--plot", type=Path, default=None, help="write the curve and the fits to this PNG")
     args = parser.parse_args()
 
     rows = []
@@ -148,7 +188,8 @@ def main() -> int:
 
     largest = float(n.max())
     boot = bootstrap(n, s, args.bootstrap, args.seed) if args.bootstrap > 0 else {}
-    for name, params in fits(n, s).items():
+    fitted = fits(n, s)
+    for name, params in fitted.items():
         a, b, c = params
         sse = float(((np.array([predict(params, v) for v in n]) - s) ** 2).sum())
         rms = math.sqrt(sse / len(s))
@@ -169,6 +210,8 @@ def main() -> int:
                 hi = np.percentile(draws, 97.5, method="higher")
                 line += f" (95 % interval {_fmt_n(lo)} to {_fmt_n(hi)}, {args.bootstrap} resamples)"
             print(line)
+    if args.plot is not None:
+        print(f"plot: {plot_curve(args.plot, n, s, fitted, args.target)}")
     return 0
 
 
