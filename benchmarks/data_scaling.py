@@ -50,10 +50,20 @@ def parse_run(spec: str) -> tuple[int, Path]:
     return n, Path(path)
 
 
+def _loglog_lines(n: np.ndarray, s: np.ndarray, floors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Slope and intercept, (G, 1) each, of the least-squares line of log(s - a) on log N for each
+    floor a of ``floors`` (G, 1), every one below every score."""
+    x = np.log(n)[None, :]
+    y = np.log(s[None, :] - floors)
+    xm, ym = x.mean(axis=1, keepdims=True), y.mean(axis=1, keepdims=True)
+    slope = ((x - xm) * (y - ym)).sum(axis=1, keepdims=True) / ((x - xm) ** 2).sum()
+    return slope, ym - slope * xm
+
+
 def fit_power(n: np.ndarray, s: np.ndarray) -> tuple[float, float]:
-    """b, c of s = b * N^-c (least squares of log s on log N)."""
-    slope, intercept = np.polyfit(np.log(n), np.log(s), 1)
-    return float(math.exp(intercept)), float(-slope)
+    """b, c of s = b * N^-c (least squares of log s on log N: the line of a zero floor)."""
+    slope, intercept = _loglog_lines(n, s, np.zeros((1, 1)))
+    return float(math.exp(intercept[0, 0])), float(-slope[0, 0])
 
 
 def fit_floor(n: np.ndarray, s: np.ndarray, grid: int = FLOOR_GRID) -> tuple[float, float, float]:
@@ -61,12 +71,8 @@ def fit_floor(n: np.ndarray, s: np.ndarray, grid: int = FLOOR_GRID) -> tuple[flo
     grid); for each a, b and c from the least-squares line of log(s - a) on log N; kept: the a
     with the least squared error of s itself, among those with c > 0 (a score that falls with N)."""
     floors = np.linspace(0.0, float(s.min()), grid, endpoint=False)[:, None]  # (G, 1)
-    x = np.log(n)[None, :]
-    y = np.log(s[None, :] - floors)  # finite: every floor is below every score
-    xm, ym = x.mean(axis=1, keepdims=True), y.mean(axis=1, keepdims=True)
-    slope = ((x - xm) * (y - ym)).sum(axis=1, keepdims=True) / ((x - xm) ** 2).sum()
-    intercept = ym - slope * xm
-    pred = floors + np.exp(intercept + slope * x)
+    slope, intercept = _loglog_lines(n, s, floors)
+    pred = floors + np.exp(intercept + slope * np.log(n)[None, :])
     sse = ((pred - s[None, :]) ** 2).sum(axis=1)
     sse[slope[:, 0] >= 0] = np.inf
     k = int(np.argmin(sse))
